@@ -1,0 +1,1 @@
+"""Krita plugin: points from vector shapes, mask from the selection, results as layers."""

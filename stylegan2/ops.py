@@ -1,0 +1,253 @@
+"""Pure-PyTorch versions of StyleGAN2's low-level ops.
+
+NVIDIA ships these as custom CUDA kernels that compile at start-up; failed builds are
+the most common install failure of public DragGAN ports. These are the reference
+formulations of the same ops, numerically matching NVIDIA's `_ref` code paths, so
+weights trained with the CUDA kernels produce the same images on CPU, CUDA or MPS.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+# name -> (function, default gain)
+_ACTIVATIONS = {
+    "linear": (lambda x: x, 1.0),
+    "relu": (torch.relu, math.sqrt(2)),
+    "lrelu": (lambda x: F.leaky_relu(x, 0.2), math.sqrt(2)),
+}
+
+
+def activation_gain(name: str) -> float:
+    return _ACTIVATIONS[name][1]
+
+
+def bias_act(
+    x: torch.Tensor,
+    b: torch.Tensor | None = None,
+    act: str = "linear",
+    gain: float | None = None,
+    clamp: float | None = None,
+) -> torch.Tensor:
+    """Bias (along dim 1), activation, gain and optional clamp, as NVIDIA's bias_act."""
+    fn, def_gain = _ACTIVATIONS[act]
+    if b is not None:
+        x = x + b.reshape([1, -1] + [1] * (x.ndim - 2))
+    x = fn(x)
+    gain = def_gain if gain is None else gain
+    if gain != 1:
+        x = x * gain
+    if clamp is not None and clamp >= 0:
+        x = x.clamp(-clamp, clamp)
+    return x
+
+
+def setup_filter(f: Sequence[float], normalize: bool = True) -> torch.Tensor:
+    """2D FIR filter from a 1D kernel (outer product), normalised to unit sum."""
+    t = torch.as_tensor(f, dtype=torch.float32)
+    if t.ndim == 1:
+        t = torch.outer(t, t)
+    if normalize:
+        t = t / t.sum()
+    return t
+
+
+def _pad4(padding: int | Sequence[int]) -> list[int]:
+    if isinstance(padding, int):
+        return [padding] * 4
+    p = list(padding)
+    if len(p) == 2:
+        return [p[0], p[0], p[1], p[1]]
+    return p
+
+
+def upfirdn2d(
+    x: torch.Tensor,
+    f: torch.Tensor | None,
+    up: int = 1,
+    down: int = 1,
+    padding: int | Sequence[int] = 0,
+    flip_filter: bool = False,
+    gain: float = 1,
+) -> torch.Tensor:
+    """Upsample (zero insertion), pad, FIR filter, downsample. padding = [x0, x1, y0, y1]."""
+    if f is None:
+        f = torch.ones([1, 1], dtype=torch.float32, device=x.device)
+    batch, channels, in_h, in_w = x.shape
+    padx0, padx1, pady0, pady1 = _pad4(padding)
+    if up > 1:
+        x = x.reshape([batch, channels, in_h, 1, in_w, 1])
+        x = F.pad(x, [0, up - 1, 0, 0, 0, up - 1])
+        x = x.reshape([batch, channels, in_h * up, in_w * up])
+    x = F.pad(x, [max(padx0, 0), max(padx1, 0), max(pady0, 0), max(pady1, 0)])
+    x = x[:, :, max(-pady0, 0) : x.shape[2] - max(-pady1, 0), max(-padx0, 0) : x.shape[3] - max(-padx1, 0)]
+    f = f * (gain ** (f.ndim / 2))
+    f = f.to(x.dtype)
+    if not flip_filter:
+        f = f.flip(list(range(f.ndim)))
+    f = f[None, None].repeat([channels, 1] + [1] * f.ndim)
+    if f.ndim == 4:
+        x = F.conv2d(x, f, groups=channels)
+    else:
+        x = F.conv2d(x, f.unsqueeze(2), groups=channels)
+        x = F.conv2d(x, f.unsqueeze(3), groups=channels)
+    if down > 1:
+        x = x[:, :, ::down, ::down]
+    return x
+
+
+def _filter_size(f: torch.Tensor | None) -> tuple[int, int]:
+    if f is None:
+        return 1, 1
+    return f.shape[-1], f.shape[0]
+
+
+def upsample2d(x: torch.Tensor, f: torch.Tensor, up: int = 2, gain: float = 1) -> torch.Tensor:
+    fw, fh = _filter_size(f)
+    p = [(fw + up - 1) // 2, (fw - up) // 2, (fh + up - 1) // 2, (fh - up) // 2]
+    return upfirdn2d(x, f, up=up, padding=p, gain=gain * up * up)
+
+
+def downsample2d(x: torch.Tensor, f: torch.Tensor, down: int = 2, gain: float = 1) -> torch.Tensor:
+    fw, fh = _filter_size(f)
+    p = [(fw - down + 1) // 2, (fw - down) // 2, (fh - down + 1) // 2, (fh - down) // 2]
+    return upfirdn2d(x, f, down=down, padding=p, gain=gain)
+
+
+def _conv(
+    x: torch.Tensor,
+    w: torch.Tensor,
+    stride: int = 1,
+    padding: int | Sequence[int] = 0,
+    groups: int = 1,
+    transpose: bool = False,
+    flip_weight: bool = True,
+) -> torch.Tensor:
+    kh, kw = w.shape[2:]
+    if not flip_weight and (kw > 1 or kh > 1):
+        w = w.flip([2, 3])
+    op = F.conv_transpose2d if transpose else F.conv2d
+    return op(x, w, stride=stride, padding=padding, groups=groups)
+
+
+def conv2d_resample(
+    x: torch.Tensor,
+    w: torch.Tensor,
+    f: torch.Tensor | None = None,
+    up: int = 1,
+    down: int = 1,
+    padding: int = 0,
+    groups: int = 1,
+    flip_weight: bool = True,
+) -> torch.Tensor:
+    """2D convolution with optional up/downsampling, fused as NVIDIA's conv2d_resample."""
+    out_channels, in_per_group, kh, kw = w.shape
+    fw, fh = _filter_size(f)
+    px0 = px1 = py0 = py1 = padding
+    if up > 1:
+        px0 += (fw + up - 1) // 2
+        px1 += (fw - up) // 2
+        py0 += (fh + up - 1) // 2
+        py1 += (fh - up) // 2
+    if down > 1:
+        px0 += (fw - down + 1) // 2
+        px1 += (fw - down) // 2
+        py0 += (fh - down + 1) // 2
+        py1 += (fh - down) // 2
+
+    if kw == 1 and kh == 1 and down > 1 and up == 1:
+        x = upfirdn2d(x, f, down=down, padding=[px0, px1, py0, py1])
+        return _conv(x, w, groups=groups, flip_weight=flip_weight)
+    if kw == 1 and kh == 1 and up > 1 and down == 1:
+        x = _conv(x, w, groups=groups, flip_weight=flip_weight)
+        return upfirdn2d(x, f, up=up, padding=[px0, px1, py0, py1], gain=up * up)
+    if down > 1 and up == 1:
+        x = upfirdn2d(x, f, padding=[px0, px1, py0, py1])
+        return _conv(x, w, stride=down, groups=groups, flip_weight=flip_weight)
+    if up > 1:
+        if groups == 1:
+            w = w.transpose(0, 1)
+        else:
+            w = w.reshape(groups, out_channels // groups, in_per_group, kh, kw)
+            w = w.transpose(1, 2)
+            w = w.reshape(groups * in_per_group, out_channels // groups, kh, kw)
+        px0 -= kw - 1
+        px1 -= kw - up
+        py0 -= kh - 1
+        py1 -= kh - up
+        pxt = max(min(-px0, -px1), 0)
+        pyt = max(min(-py0, -py1), 0)
+        x = _conv(x, w, stride=up, padding=[pyt, pxt], groups=groups, transpose=True, flip_weight=not flip_weight)
+        x = upfirdn2d(x, f, padding=[px0 + pxt, px1 + pxt, py0 + pyt, py1 + pyt], gain=up * up)
+        if down > 1:
+            x = downsample2d(x, f, down=down)
+        return x
+    if px0 == px1 and py0 == py1 and px0 >= 0 and py0 >= 0:
+        return _conv(x, w, padding=[py0, px0], groups=groups, flip_weight=flip_weight)
+    x = upfirdn2d(x, None, padding=[px0, px1, py0, py1])
+    x = _conv(x, w, groups=groups, flip_weight=flip_weight)
+    if down > 1:
+        x = upfirdn2d(x, f, down=down)
+    return x
+
+
+def modulated_conv2d(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    styles: torch.Tensor,
+    noise: torch.Tensor | None = None,
+    up: int = 1,
+    padding: int = 0,
+    resample_filter: torch.Tensor | None = None,
+    demodulate: bool = True,
+    flip_weight: bool = True,
+    fused_modconv: bool = True,
+) -> torch.Tensor:
+    """StyleGAN2 weight (de)modulation. Fused = one grouped conv for the whole batch."""
+    batch = x.shape[0]
+    out_channels, in_channels, kh, kw = weight.shape
+
+    if x.dtype == torch.float16 and demodulate:
+        # Pre-normalise to avoid fp16 overflow (NVIDIA does the same).
+        weight = weight * (
+            1 / math.sqrt(in_channels * kh * kw) / weight.norm(float("inf"), dim=[1, 2, 3], keepdim=True)
+        )
+        styles = styles / styles.norm(float("inf"), dim=1, keepdim=True)
+
+    w = None
+    dcoefs = None
+    if demodulate or fused_modconv:
+        w = weight.unsqueeze(0) * styles.reshape(batch, 1, -1, 1, 1)
+    if demodulate:
+        dcoefs = (w.square().sum(dim=[2, 3, 4]) + 1e-8).rsqrt()
+    if demodulate and fused_modconv:
+        w = w * dcoefs.reshape(batch, -1, 1, 1, 1)
+
+    if not fused_modconv:
+        x = x * styles.to(x.dtype).reshape(batch, -1, 1, 1)
+        x = conv2d_resample(x, weight.to(x.dtype), f=resample_filter, up=up, padding=padding, flip_weight=flip_weight)
+        if demodulate and noise is not None:
+            x = torch.addcmul(noise.to(x.dtype), x, dcoefs.to(x.dtype).reshape(batch, -1, 1, 1))
+        elif demodulate:
+            x = x * dcoefs.to(x.dtype).reshape(batch, -1, 1, 1)
+        elif noise is not None:
+            x = x + noise.to(x.dtype)
+        return x
+
+    x = x.reshape(1, -1, *x.shape[2:])
+    w = w.reshape(-1, in_channels, kh, kw)
+    x = conv2d_resample(
+        x, w.to(x.dtype), f=resample_filter, up=up, padding=padding, groups=batch, flip_weight=flip_weight
+    )
+    x = x.reshape(batch, -1, *x.shape[2:])
+    if noise is not None:
+        x = x + noise.to(x.dtype)
+    return x
+
+
+def normalize_2nd_moment(x: torch.Tensor, dim: int = 1, eps: float = 1e-8) -> torch.Tensor:
+    return x * (x.square().mean(dim=dim, keepdim=True) + eps).rsqrt()
