@@ -330,7 +330,12 @@ class SynthesisBlock(nn.Module):
             )
             self.num_conv += 1
         self.conv1 = SynthesisLayer(
-            out_channels, out_channels, w_dim=w_dim, resolution=resolution, conv_clamp=conv_clamp, **layer_kwargs
+            out_channels,
+            out_channels,
+            w_dim=w_dim,
+            resolution=resolution,
+            conv_clamp=conv_clamp,
+            **layer_kwargs,
         )
         self.num_conv += 1
         if is_last or architecture == "skip":
@@ -369,7 +374,9 @@ class SynthesisBlock(nn.Module):
             x = x.to(dtype)
             y = self.skip(x, gain=np.sqrt(0.5))
             x = self.conv0(x, next(w_iter), noise_mode=noise_mode, fused_modconv=fused_modconv)
-            x = self.conv1(x, next(w_iter), noise_mode=noise_mode, fused_modconv=fused_modconv, gain=np.sqrt(0.5))
+            x = self.conv1(
+                x, next(w_iter), noise_mode=noise_mode, fused_modconv=fused_modconv, gain=np.sqrt(0.5)
+            )
             x = y + x
         else:
             x = x.to(dtype)
@@ -515,7 +522,9 @@ class Generator(nn.Module):
             w_dim=w_dim, img_resolution=img_resolution, img_channels=img_channels, **synthesis_kwargs
         )
         self.num_ws = self.synthesis.num_ws
-        self.mapping = MappingNetwork(z_dim=z_dim, c_dim=c_dim, w_dim=w_dim, num_ws=self.num_ws, **mapping_kwargs)
+        self.mapping = MappingNetwork(
+            z_dim=z_dim, c_dim=c_dim, w_dim=w_dim, num_ws=self.num_ws, **mapping_kwargs
+        )
 
     def forward(
         self,
@@ -526,8 +535,9 @@ class Generator(nn.Module):
         update_emas: bool = False,
         **synthesis_kwargs: Any,
     ) -> torch.Tensor:
-        ws = self.mapping(z, c, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff,
-                          update_emas=update_emas)
+        ws = self.mapping(
+            z, c, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff, update_emas=update_emas
+        )
         return self.synthesis(ws, update_emas=update_emas, **synthesis_kwargs)
 
     def feature_block_name(self, index: int = 6) -> str:

@@ -181,7 +181,9 @@ def conv2d_resample(
         py1 -= kh - up
         pxt = max(min(-px0, -px1), 0)
         pyt = max(min(-py0, -py1), 0)
-        x = _conv(x, w, stride=up, padding=[pyt, pxt], groups=groups, transpose=True, flip_weight=not flip_weight)
+        x = _conv(
+            x, w, stride=up, padding=[pyt, pxt], groups=groups, transpose=True, flip_weight=not flip_weight
+        )
         x = upfirdn2d(x, f, padding=[px0 + pxt, px1 + pxt, py0 + pyt, py1 + pyt], gain=up * up)
         if down > 1:
             x = downsample2d(x, f, down=down)
@@ -209,7 +211,7 @@ def modulated_conv2d(
 ) -> torch.Tensor:
     """StyleGAN2 weight (de)modulation. Fused = one grouped conv for the whole batch."""
     batch = x.shape[0]
-    out_channels, in_channels, kh, kw = weight.shape
+    _, in_channels, kh, kw = weight.shape
 
     if x.dtype == torch.float16 and demodulate:
         # Pre-normalise to avoid fp16 overflow (NVIDIA does the same).
@@ -229,7 +231,9 @@ def modulated_conv2d(
 
     if not fused_modconv:
         x = x * styles.to(x.dtype).reshape(batch, -1, 1, 1)
-        x = conv2d_resample(x, weight.to(x.dtype), f=resample_filter, up=up, padding=padding, flip_weight=flip_weight)
+        x = conv2d_resample(
+            x, weight.to(x.dtype), f=resample_filter, up=up, padding=padding, flip_weight=flip_weight
+        )
         if demodulate and noise is not None:
             x = torch.addcmul(noise.to(x.dtype), x, dcoefs.to(x.dtype).reshape(batch, -1, 1, 1))
         elif demodulate:
