@@ -79,7 +79,10 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu") -> Gene
     except (TypeError, ValueError) as e:
         raise ModelFileError(f"{path}: invalid generator config ({e})") from e
     tensors = {k: (v.float() if v.is_floating_point() else v) for k, v in tensors.items()}
-    missing, unexpected = G.load_state_dict(tensors, strict=False)
+    try:
+        missing, unexpected = G.load_state_dict(tensors, strict=False)
+    except RuntimeError as e:  # shape mismatches raise even with strict=False
+        raise ModelFileError(f"{path}: weights do not match the config ({e})"[:500]) from None
     if missing or unexpected:
         raise ModelFileError(
             f"{path}: weights do not match the config (missing {sorted(missing)[:5]}, "

@@ -186,7 +186,7 @@ def conv2d_resample(
         )
         x = upfirdn2d(x, f, padding=[px0 + pxt, px1 + pxt, py0 + pyt, py1 + pyt], gain=up * up)
         if down > 1:
-            x = downsample2d(x, f, down=down)
+            x = upfirdn2d(x, f, down=down)
         return x
     if px0 == px1 and py0 == py1 and px0 >= 0 and py0 >= 0:
         return _conv(x, w, padding=[py0, px0], groups=groups, flip_weight=flip_weight)

@@ -1,0 +1,332 @@
+"""One drag edit: latent, optimiser, handles, targets, mask, reference features; step and run.
+
+Points are (x, y) float pixel coordinates of the model's image: x = column, y = row, the
+top-left pixel's centre is (0, 0), valid coordinates are 0 <= x, y <= resolution - 1.
+Tracking picks pixels, so after the first step the tracked points are whole numbers (the
+reference behaves the same); fractional handles are rounded to the nearest pixel (ties to
+even, like Python's round) for their template and their first tracking window.
+
+A step is: forward (grad on, synthesis stopped after the feature block) -> track the handles
+in the new features -> motion loss at the tracked points (+ mask term) -> backward to the
+optimised latent only -> Adam update, skipped when the stop rule already holds. The
+points a step returns were tracked on the latent *before* its update, so `render()` and
+`latent()` give that latent: image, latent and points always belong together. The update
+made after it is pending and becomes visible with the next step.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from .errors import DragInputError
+from .latent import generator_device, latent_from_seed, render_latent
+from .latent_variable import LatentVariable
+from .losses import fixed_region_weight, mask_loss, motion_loss
+from .nearest import nearest_edge_adjust
+from .params import DragParams
+from .sampling import disc_offsets, sample_features, window_offsets
+from .tracking import track_points
+from .validation import check_latent, check_mask, check_pair_counts, check_points
+
+
+@dataclass
+class StepResult:
+    step: int  # 1-based number of steps taken so far in this session
+    points: np.ndarray  # [N, 2] tracked handle positions (x, y) after this step's tracking
+    distances: np.ndarray  # [N] distance of each tracked handle to its target, px
+    loss: float  # motion loss + mask term at the tracked points (nan before any step)
+    done: bool  # stop rule satisfied
+
+
+def _freeze_generator(G: torch.nn.Module) -> None:
+    """Inference only: eval mode and requires_grad False on every parameter (in place, idempotent)."""
+    if G.training:
+        G.eval()
+    for p in G.parameters():
+        if p.requires_grad:
+            p.requires_grad_(False)
+
+
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    return a.type == b.type and (a.index is None or b.index is None or a.index == b.index)
+
+
+def _cancelled(cancel: Any) -> bool:
+    if cancel is None:
+        return False
+    if hasattr(cancel, "is_set"):
+        return bool(cancel.is_set())
+    return bool(cancel())
+
+
+class DragSession:
+    """Owns one edit on one generator. Thread-safe: public methods are serialised by a lock,
+    so set_targets / set_mask / set_params from another thread take effect at the next step of
+    a running `run()`.
+
+    G is used for inference only: the session puts it in eval mode and sets requires_grad
+    False on its parameters (in place); its weights are never written, and gradients are taken
+    with torch.autograd.grad w.r.t. the latent alone, so no .grad ever lands on G.
+    """
+
+    def __init__(
+        self,
+        G: Any,
+        latent: Any,
+        handles: Any,
+        targets: Any,
+        mask: Any = None,
+        params: DragParams = DragParams(),  # noqa: B008 - frozen dataclass, safe as default
+        device: torch.device | str | None = None,
+    ) -> None:
+        if not isinstance(params, DragParams):
+            raise DragInputError(f"params must be a DragParams, got {type(params).__name__}")
+        self._lock = threading.RLock()
+        self.device = generator_device(G)
+        if device is not None and not _same_device(torch.device(device), self.device):
+            raise DragInputError(
+                f"device {str(device)!r} requested but the generator is on {self.device}; "
+                "move the generator first (the session keeps everything on its device)"
+            )
+        _freeze_generator(G)
+        self.G = G
+        self.resolution = int(G.img_resolution)
+        self.num_ws = int(G.num_ws)
+        self._check_params(params)
+        self._params = params
+        self._feature_name = G.feature_block_name(params.feature_block)
+        w0 = check_latent(latent, self.num_ws, int(G.w_dim), self.device)
+        self._shown = w0  # latent of the image the current points refer to
+        self._variable = LatentVariable(w0, params.space, params.num_layers)
+        self._optimizer = self._new_optimizer()
+        self.step_count = 0
+        self._last_loss = math.nan
+        self._allowed: np.ndarray | None = None
+        self._fixed_weight: torch.Tensor | None = None
+        self.set_points(handles, targets)
+        self.set_mask(mask)
+
+    @classmethod
+    def from_seed(cls, G: Any, seed: int, truncation_psi: float = 0.7, **kwargs: Any) -> DragSession:
+        """Session on the latent of `seed` (reference RandomState convention, truncation toward w_avg)."""
+        return cls(G, latent_from_seed(G, seed, truncation_psi), **kwargs)
+
+    # ----- state ---------------------------------------------------------------------------------
+    @property
+    def params(self) -> DragParams:
+        return self._params
+
+    @property
+    def handles(self) -> np.ndarray:
+        """[N, 2] current (tracked) handle positions (x, y), a copy."""
+        return self._points_np.copy()
+
+    @property
+    def targets(self) -> np.ndarray:
+        """[N, 2] target positions (x, y), a copy."""
+        return self._targets_np.copy()
+
+    @property
+    def feature_name(self) -> str:
+        """Synthesis block whose output is F (e.g. "b128")."""
+        return self._feature_name
+
+    def latent(self) -> np.ndarray:
+        """[num_ws, w_dim] float32: the full W+ latent of the image the current points refer to."""
+        with self._lock:
+            return self._shown[0].cpu().numpy().astype(np.float32, copy=True)
+
+    def render(self, size: int | None = None) -> np.ndarray:
+        """H×W×3 uint8 image of `latent()`, without gradients; `size` resizes to size×size."""
+        with self._lock:
+            return render_latent(self.G, self._shown, size, noise_mode=self._params.noise_mode)
+
+    def status(self) -> StepResult:
+        """The current state as a StepResult, without taking a step."""
+        with self._lock:
+            distances = np.linalg.norm(self._targets_np - self._points_np, axis=1)
+            stop = self._params.stop_px(len(distances))
+            return StepResult(
+                self.step_count, self.handles, distances, self._last_loss, bool((distances <= stop).all())
+            )
+
+    # ----- inputs --------------------------------------------------------------------------------
+    def set_points(self, handles: Any, targets: Any) -> None:
+        """Start a new drag segment: new handles and targets, Adam state reset.
+
+        F0 and the handle templates are captured from `latent()` (the image the user sees; the
+        initial latent for a new session). With params.nearest the handles are first moved toward
+        the nearest edge of that image.
+        """
+        with self._lock:
+            h = check_points("handles", handles, self.resolution)
+            t = check_points("targets", targets, self.resolution)
+            check_pair_counts(h, t)
+            if self._params.nearest:
+                radius = self._params.nearest_radius_px(self.resolution)
+                h = nearest_edge_adjust(self.render(), h, radius, self._params.nearest_rate)
+            self._segment_latent = self._shown
+            self._template_points = torch.round(torch.as_tensor(h, dtype=torch.float32, device=self.device))
+            self._points = torch.as_tensor(h, dtype=torch.float32, device=self.device)
+            self._points_np = h.copy()
+            self._set_target_tensors(t)
+            self._capture_reference()
+            self._build_offsets()
+            self._variable = LatentVariable(self._shown, self._params.space, self._params.num_layers)
+            self._optimizer = self._new_optimizer()
+            self._last_loss = math.nan
+
+    def set_targets(self, targets: Any) -> None:
+        """New targets for the same handles; the tracked points and the Adam state are kept."""
+        with self._lock:
+            t = check_points("targets", targets, self.resolution)
+            if len(t) != len(self._points_np):
+                raise DragInputError(
+                    f"got {len(t)} targets for {len(self._points_np)} handles; "
+                    "set_targets needs one target per handle (use set_points to change the handles)"
+                )
+            self._set_target_tensors(t)
+
+    def set_mask(self, mask: Any) -> None:
+        """H×W bool/integer mask at model resolution, nonzero = allowed to change; None clears it."""
+        with self._lock:
+            self._allowed = check_mask(mask, self.resolution)
+            self._update_fixed_weight()
+
+    def set_params(self, **changes: Any) -> None:
+        """Change parameters mid-drag. lr, lam, stop_distance, tracking, r1, r2: Adam state kept.
+        space / num_layers: the optimiser is rebuilt from latent() (state reset, pending update dropped).
+        feature_block / noise_mode: F0 and templates are re-captured at this segment's handles.
+        nearest*: used by the next set_points.
+        """
+        with self._lock:
+            new = self._params.replace(**changes)
+            self._check_params(new)
+            old, self._params = self._params, new
+            if (new.space, new.num_layers) != (old.space, old.num_layers):
+                self._variable = LatentVariable(self._shown, new.space, new.num_layers)
+                self._optimizer = self._new_optimizer()
+            elif new.lr != old.lr:
+                for group in self._optimizer.param_groups:
+                    group["lr"] = new.lr
+            if (new.feature_block, new.noise_mode) != (old.feature_block, old.noise_mode):
+                self._feature_name = self.G.feature_block_name(new.feature_block)
+                self._capture_reference()
+            if (new.r1, new.r2) != (old.r1, old.r2):
+                self._build_offsets()
+
+    # ----- the loop ------------------------------------------------------------------------------
+    def step(self) -> StepResult:
+        """forward -> track -> loss -> backward -> Adam update (skipped once done); one host transfer."""
+        with self._lock:
+            p = self._params
+            param = self._variable.param
+            ws = self._variable.ws()
+            features = self._features(ws)
+            with torch.no_grad():
+                points = track_points(
+                    features.detach(),
+                    self._points,
+                    self._templates,
+                    self._window,
+                    self.resolution,
+                    p.tracking,
+                )
+            loss, distances = motion_loss(features, points, self._targets, self._disc, self.resolution)
+            if self._fixed_weight is not None and p.lam > 0:
+                loss = loss + p.lam * mask_loss(features, self._features0, self._fixed_weight)
+            done = (distances <= p.stop_px(len(self._points_np))).all()
+            (grad,) = torch.autograd.grad(loss, [param], allow_unused=True)
+            packed = torch.cat(
+                [points.reshape(-1), distances, loss.detach().reshape(1), done.reshape(1).to(points.dtype)]
+            )
+            host = packed.cpu().numpy().astype(np.float64)  # the step's only device -> host transfer
+            n = len(self._points_np)
+            is_done = bool(host[3 * n + 1] > 0.5)
+            if not is_done:
+                param.grad = grad if grad is not None else torch.zeros_like(param)
+                self._optimizer.step()
+                param.grad = None
+            self._shown = ws.detach()
+            self._points = points
+            self._points_np = host[: 2 * n].reshape(n, 2).copy()
+            self._last_loss = float(host[3 * n])
+            self.step_count += 1
+            return StepResult(
+                self.step_count, self._points_np.copy(), host[2 * n : 3 * n].copy(), self._last_loss, is_done
+            )
+
+    def run(
+        self,
+        max_steps: int = 200,
+        cancel: Any = None,
+        callback: Callable[[StepResult], Any] | None = None,
+    ) -> StepResult:
+        """Step until the stop rule holds, `max_steps` steps of this call were taken, or `cancel`
+        (threading.Event or callable -> bool) is set; cancel is checked before every step.
+        callback(StepResult) runs after each step. Returns the last StepResult (status() if no step ran).
+        """
+        if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 0:
+            raise DragInputError(f"max_steps must be an integer >= 0, got {max_steps!r}")
+        if cancel is not None and not (hasattr(cancel, "is_set") or callable(cancel)):
+            raise DragInputError(
+                "cancel must be a threading.Event, a callable returning bool, or None, "
+                f"got {type(cancel).__name__}"
+            )
+        result = None
+        for _ in range(max_steps):
+            if _cancelled(cancel):
+                break
+            result = self.step()
+            if callback is not None:
+                callback(result)
+            if result.done:
+                break
+        return result if result is not None else self.status()
+
+    # ----- internals -----------------------------------------------------------------------------
+    def _check_params(self, params: DragParams) -> None:
+        if params.num_layers > self.num_ws:
+            raise DragInputError(
+                f"num_layers = {params.num_layers} but this model has only {self.num_ws} ws "
+                f"(valid: 1..{self.num_ws})"
+            )
+
+    def _new_optimizer(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam([self._variable.param], lr=self._params.lr)
+
+    def _features(self, ws: torch.Tensor) -> torch.Tensor:
+        _, feats = self.G.synthesis(
+            ws, stop_after=self._feature_name, return_features=True, noise_mode=self._params.noise_mode
+        )
+        return feats[self._feature_name]
+
+    def _set_target_tensors(self, targets: np.ndarray) -> None:
+        self._targets = torch.as_tensor(targets, dtype=torch.float32, device=self.device)
+        self._targets_np = targets.copy()
+
+    def _capture_reference(self) -> None:
+        """F0 of this segment's latent and the templates f_i = F0(round(p_i)) ([N, C])."""
+        with torch.no_grad():
+            f0 = self._features(self._segment_latent).to(torch.float32)
+        self._features0 = f0
+        self._templates = sample_features(f0, self._template_points, self.resolution).t().contiguous()
+        self._update_fixed_weight()
+
+    def _update_fixed_weight(self) -> None:
+        if self._allowed is None:
+            self._fixed_weight = None
+        else:
+            self._fixed_weight = fixed_region_weight(self._allowed, self._features0.shape[-1], self.device)
+
+    def _build_offsets(self) -> None:
+        """Ω1 disc and Ω2 window offsets, built once here, not per step."""
+        self._disc = disc_offsets(self._params.r1_px(self.resolution), self.device)
+        self._window = window_offsets(self._params.r2_px(self.resolution), self.device)
