@@ -1,0 +1,158 @@
+"""`draggan-daemon` / `python -m daemon`: the GPU daemon process.
+
+Argument and security checks happen before torch is imported, so mistakes fail in well under
+a second; the model loads on the compute thread while the socket already answers `hello`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from . import __version__
+from .protocol import DEFAULT_ENDPOINT, Limits
+
+log = logging.getLogger("draggan.daemon")
+
+EXIT_USAGE = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = Limits()
+    p = argparse.ArgumentParser(
+        prog="draggan-daemon",
+        description="The krita-draggan GPU daemon: serves generators and drag sessions over ZeroMQ "
+        "(protocol: docs/protocol.md).",
+    )
+    p.add_argument(
+        "--model",
+        action="append",
+        default=None,
+        metavar="PATH",
+        help="model file (.safetensors, or NVIDIA .pkl when supported) or random:PRESET; repeatable, the "
+        "first is the default. Default: models/heads-256.safetensors, else built-in random weights",
+    )
+    p.add_argument("--device", default="auto", help="auto|cuda|cuda:N|mps|cpu (default: auto)")
+    p.add_argument("--bind", default=DEFAULT_ENDPOINT, help=f"ZeroMQ endpoint (default: {DEFAULT_ENDPOINT})")
+    p.add_argument("--max-sessions", type=int, default=d.max_sessions, help="open drag sessions, all clients")
+    p.add_argument(
+        "--idle-timeout", type=float, default=d.idle_timeout_s, help="seconds until an idle session closes"
+    )
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument(
+        "--max-message-mb", type=float, default=d.max_message_bytes / 2**20, help="max frame size (MiB)"
+    )
+    p.add_argument("--latent-cache", type=int, default=d.latent_cache, help="latents kept for re-use by id")
+    curve = p.add_argument_group("security (CURVE)")
+    curve.add_argument("--curve", action="store_true", help="require CURVE encryption and client keys")
+    curve.add_argument("--keys-dir", type=Path, default=None, help="folder made by `draggan keys`")
+    curve.add_argument("--server-key", type=Path, default=None, help="daemon secret key file (*.key_secret)")
+    curve.add_argument("--authorized-keys", type=Path, default=None, help="authorised client keys folder")
+    curve.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow a non-loopback --bind WITHOUT encryption or authentication (anyone who can reach the "
+        "port can use the GPU)",
+    )
+    p.add_argument("--version", action="version", version=f"draggan-daemon {__version__}")
+    return p
+
+
+def _limits(args: argparse.Namespace) -> Limits:
+    if args.max_sessions < 1:
+        raise ValueError("--max-sessions must be >= 1")
+    if args.idle_timeout <= 0:
+        raise ValueError("--idle-timeout must be > 0 seconds")
+    if not 0.01 <= args.max_message_mb <= 4096:
+        raise ValueError("--max-message-mb must be in [0.01, 4096]")
+    if args.latent_cache < 1:
+        raise ValueError("--latent-cache must be >= 1")
+    return Limits(
+        max_sessions=args.max_sessions,
+        idle_timeout_s=args.idle_timeout,
+        max_message_bytes=int(args.max_message_mb * 2**20),
+        latent_cache=args.latent_cache,
+    )
+
+
+def _curve_config(args: argparse.Namespace, loopback: bool):  # -> CurveConfig | None
+    """CURVE is required off loopback unless --insecure; keys come from --keys-dir or the flags."""
+    from .keys import KeyFileError, authorized_dir, default_keys_dir, load_secret_key_file, server_secret_file
+    from .server import CurveConfig
+
+    if not loopback and not args.curve and not args.insecure:
+        raise ValueError(
+            f"--bind {args.bind} is not a loopback address: pass --curve (encryption + client keys; "
+            "make them with `draggan keys`) or, on a trusted network only, --insecure"
+        )
+    if not args.curve:
+        if not loopback:
+            log.warning(
+                "INSECURE: listening on %s without CURVE; anyone who can reach it can use it", args.bind
+            )
+        return None
+    keys_dir = args.keys_dir or default_keys_dir()
+    secret_file = args.server_key or server_secret_file(keys_dir)
+    auth_dir = args.authorized_keys or authorized_dir(keys_dir)
+    try:
+        public, secret = load_secret_key_file(secret_file)
+    except KeyFileError as e:
+        raise ValueError(f"CURVE: {e}") from None
+    if not Path(auth_dir).is_dir():
+        raise ValueError(f"CURVE: {auth_dir} is not a folder of authorised client keys; run `draggan keys`")
+    return CurveConfig(public_key=public, secret_key=secret, authorized_dir=Path(auth_dir))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    from .server import is_loopback_endpoint
+
+    try:
+        limits = _limits(args)
+        curve = _curve_config(args, is_loopback_endpoint(args.bind))
+    except ValueError as e:
+        print(f"draggan-daemon: {e}", file=sys.stderr)
+        return EXIT_USAGE
+
+    from engine.latent import resolve_device
+
+    from .models import ModelError, ModelRegistry, device_label
+    from .server import DaemonServer, ServerConfig
+
+    try:
+        device = resolve_device(args.device)
+        registry = ModelRegistry.from_specs(args.model, device)
+        config = ServerConfig(bind=args.bind, limits=limits, curve=curve, device_label=device_label(device))
+        server = DaemonServer(config, registry)
+    except (ValueError, ModelError, OSError) as e:
+        print(f"draggan-daemon: {e}", file=sys.stderr)
+        return EXIT_USAGE
+
+    def on_signal(signum: int, frame: object) -> None:
+        log.info("received %s", signal.Signals(signum).name)
+        server.stop()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    log.info(
+        "draggan-daemon %s listening on %s (device %s, models %s, default %s, CURVE %s)",
+        __version__,
+        server.endpoint,
+        config.device_label,
+        [m["name"] for m in registry.infos()],
+        registry.default,
+        "on" if curve else "off",
+    )
+    server.serve_forever()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
