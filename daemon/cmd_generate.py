@@ -38,9 +38,9 @@ def load_any_model(spec: str | None, device: str = "cpu"):
 
 def run_generate(args: argparse.Namespace) -> int:
     import torch
-    from engine.latent import resolve_device
     from PIL import Image
 
+    from engine.latent import resolve_device
     from stylegan2 import seed_to_z, to_uint8_image
 
     device = resolve_device(args.device)

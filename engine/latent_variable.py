@@ -23,7 +23,10 @@ class LatentVariable:
         else:
             self.param = torch.zeros_like(self.base[:, :1]).requires_grad_(True)
 
-    def ws(self) -> torch.Tensor:
+    def head(self) -> torch.Tensor:
+        """W+ rows [0, k): the part that carries the gradient."""
         k = self.num_layers
-        head = self.param if self.space == "w+" else self.base[:, :k] + self.param
-        return torch.cat([head, self.base[:, k:]], dim=1)
+        return self.param if self.space == "w+" else self.base[:, :k] + self.param
+
+    def ws(self) -> torch.Tensor:
+        return torch.cat([self.head(), self.base[:, self.num_layers :]], dim=1)

@@ -13,6 +13,8 @@ from .errors import DragInputError
 SPACES = ("w+", "w")
 TRACKING_METRICS = ("l1", "l2")
 NOISE_MODES = ("const", "random", "none")
+COMPILE_MODES = ("none", "cudagraph")
+AUTOCAST_MODES = ("none", "bf16", "fp16")
 
 
 def _is_real(value: Any) -> bool:
@@ -38,6 +40,10 @@ class DragParams:
     nearest / nearest_radius / nearest_rate: seed 004's "Nearest" handle pre-adjustment;
         the radius R3 is in pixels of a 512 px image and scales with resolution.
     noise_mode: StyleGAN2 noise inputs ("const" keeps the image reproducible).
+    compile: "none" (eager PyTorch) or "cudagraph" (CUDA only: the step's fixed-shape forward,
+        tracking, losses and gradient are captured once and replayed; same numbers as eager).
+    autocast: "none", "bf16" or "fp16": run the forward to the feature block under torch.autocast
+        (faster matrix work, slightly different trajectory).
     """
 
     space: str = "w+"
@@ -53,6 +59,8 @@ class DragParams:
     nearest_radius: float = 40.0
     nearest_rate: float = 0.8
     noise_mode: str = "const"
+    compile: str = "none"
+    autocast: str = "none"
 
     def __post_init__(self) -> None:
         self.validate()
@@ -89,6 +97,10 @@ class DragParams:
             raise DragInputError(f"nearest_rate must be a number in [0, 1], got {self.nearest_rate!r}")
         if self.noise_mode not in NOISE_MODES:
             raise DragInputError(f"noise_mode must be one of {NOISE_MODES}, got {self.noise_mode!r}")
+        if self.compile not in COMPILE_MODES:
+            raise DragInputError(f"compile must be one of {COMPILE_MODES}, got {self.compile!r}")
+        if self.autocast not in AUTOCAST_MODES:
+            raise DragInputError(f"autocast must be one of {AUTOCAST_MODES}, got {self.autocast!r}")
 
     def replace(self, **changes: Any) -> DragParams:
         """A copy with some fields changed (validated); unknown names are an error."""

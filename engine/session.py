@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from .errors import DragInputError
+from .fast_step import GraphedCompute, autocast_context, check_graph_device, features_with_fixed_tail
 from .latent import generator_device, latent_from_seed, render_latent
 from .latent_variable import LatentVariable
 from .losses import fixed_region_weight, mask_loss, motion_loss
@@ -110,6 +111,7 @@ class DragSession:
         self._last_loss = math.nan
         self._allowed: np.ndarray | None = None
         self._fixed_weight: torch.Tensor | None = None
+        self._graph: GraphedCompute | None = None  # compile="cudagraph": the captured step compute
         self.set_points(handles, targets)
         self.set_mask(mask)
 
@@ -182,6 +184,7 @@ class DragSession:
             self._variable = LatentVariable(self._shown, self._params.space, self._params.num_layers)
             self._optimizer = self._new_optimizer()
             self._last_loss = math.nan
+            self._graph = None
 
     def set_targets(self, targets: Any) -> None:
         """New targets for the same handles; the tracked points and the Adam state are kept."""
@@ -192,19 +195,21 @@ class DragSession:
                     f"got {len(t)} targets for {len(self._points_np)} handles; "
                     "set_targets needs one target per handle (use set_points to change the handles)"
                 )
-            self._set_target_tensors(t)
+            self._targets.copy_(torch.as_tensor(t, dtype=torch.float32, device=self.device))  # in place
+            self._targets_np = t.copy()
 
     def set_mask(self, mask: Any) -> None:
         """H×W bool/integer mask at model resolution, nonzero = allowed to change; None clears it."""
         with self._lock:
             self._allowed = check_mask(mask, self.resolution)
             self._update_fixed_weight()
+            self._graph = None
 
     def set_params(self, **changes: Any) -> None:
         """Change parameters mid-drag. lr, lam, stop_distance, tracking, r1, r2: Adam state kept.
         space / num_layers: the optimiser is rebuilt from latent() (state reset, pending update dropped).
         feature_block / noise_mode: F0 and templates are re-captured at this segment's handles.
-        nearest*: used by the next set_points.
+        nearest*: used by the next set_points. compile / autocast: take effect at the next step.
         """
         with self._lock:
             new = self._params.replace(**changes)
@@ -221,41 +226,24 @@ class DragSession:
                 self._capture_reference()
             if (new.r1, new.r2) != (old.r1, old.r2):
                 self._build_offsets()
+            if new != old.replace(lr=new.lr):  # anything but lr is baked into a captured graph
+                self._graph = None
 
     # ----- the loop ------------------------------------------------------------------------------
     def step(self) -> StepResult:
         """forward -> track -> loss -> backward -> Adam update (skipped once done); one host transfer."""
         with self._lock:
-            p = self._params
-            param = self._variable.param
-            ws = self._variable.ws()
-            features = self._features(ws)
-            with torch.no_grad():
-                points = track_points(
-                    features.detach(),
-                    self._points,
-                    self._templates,
-                    self._window,
-                    self.resolution,
-                    p.tracking,
-                )
-            loss, distances = motion_loss(features, points, self._targets, self._disc, self.resolution)
-            if self._fixed_weight is not None and p.lam > 0:
-                loss = loss + p.lam * mask_loss(features, self._features0, self._fixed_weight)
-            done = (distances <= p.stop_px(len(self._points_np))).all()
-            (grad,) = torch.autograd.grad(loss, [param], allow_unused=True)
-            packed = torch.cat(
-                [points.reshape(-1), distances, loss.detach().reshape(1), done.reshape(1).to(points.dtype)]
-            )
+            ws, points, grad, packed = self._step_outputs()
             host = packed.cpu().numpy().astype(np.float64)  # the step's only device -> host transfer
             n = len(self._points_np)
             is_done = bool(host[3 * n + 1] > 0.5)
+            self._shown = ws.clone()  # before the update; also frees it from a graph's static output
+            self._points.copy_(points)  # in place: a captured graph reads this tensor
             if not is_done:
-                param.grad = grad if grad is not None else torch.zeros_like(param)
+                param = self._variable.param
+                param.grad = grad
                 self._optimizer.step()
                 param.grad = None
-            self._shown = ws.detach()
-            self._points = points
             self._points_np = host[: 2 * n].reshape(n, 2).copy()
             self._last_loss = float(host[3 * n])
             self.step_count += 1
@@ -292,7 +280,46 @@ class DragSession:
         return result if result is not None else self.status()
 
     # ----- internals -----------------------------------------------------------------------------
+    def _step_outputs(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`_compute()` run eagerly, or replayed from its CUDA graph (captured at the first step)."""
+        if self._params.compile == "none":
+            return self._compute()
+        if self._graph is None:
+            self._graph = GraphedCompute(self._compute, self.device)
+        return self._graph()
+
+    def _compute(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The step's device work, free of side effects and host syncs (so a CUDA graph can hold it).
+
+        Returns (ws before the update, tracked points [N, 2], gradient w.r.t. the optimised latent,
+        packed [points, distances, loss, done] for the one host transfer).
+        """
+        p = self._params
+        variable = self._variable
+        with autocast_context(self.device, p.autocast):
+            features = features_with_fixed_tail(
+                self.G, variable.head(), variable.base, self._feature_name, p.noise_mode
+            )
+        with torch.no_grad():
+            ws = variable.ws()
+            points = track_points(
+                features.detach(), self._points, self._templates, self._window, self.resolution, p.tracking
+            )
+        loss, distances = motion_loss(features, points, self._targets, self._disc, self.resolution)
+        if self._fixed_weight is not None and p.lam > 0:
+            loss = loss + p.lam * mask_loss(features, self._features0, self._fixed_weight)
+        done = (distances <= p.stop_px(len(self._points_np))).all()
+        (grad,) = torch.autograd.grad(loss, [variable.param], allow_unused=True)
+        if grad is None:
+            grad = torch.zeros_like(variable.param)
+        packed = torch.cat(
+            [points.reshape(-1), distances, loss.detach().reshape(1), done.reshape(1).to(points.dtype)]
+        )
+        return ws, points, grad, packed
+
     def _check_params(self, params: DragParams) -> None:
+        if params.compile == "cudagraph":
+            check_graph_device(self.device)
         if params.num_layers > self.num_ws:
             raise DragInputError(
                 f"num_layers = {params.num_layers} but this model has only {self.num_ws} ws "
@@ -303,9 +330,10 @@ class DragSession:
         return torch.optim.Adam([self._variable.param], lr=self._params.lr)
 
     def _features(self, ws: torch.Tensor) -> torch.Tensor:
-        _, feats = self.G.synthesis(
-            ws, stop_after=self._feature_name, return_features=True, noise_mode=self._params.noise_mode
-        )
+        with autocast_context(self.device, self._params.autocast):
+            _, feats = self.G.synthesis(
+                ws, stop_after=self._feature_name, return_features=True, noise_mode=self._params.noise_mode
+            )
         return feats[self._feature_name]
 
     def _set_target_tensors(self, targets: np.ndarray) -> None:
