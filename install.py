@@ -18,9 +18,11 @@ import json
 import os
 import platform
 import re
+import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent
@@ -202,19 +204,35 @@ def vendor_packages(plugin_dir: Path, python_version: str) -> None:
             return
     except (OSError, ValueError):
         pass
-    if vendor.exists():
-        shutil.rmtree(vendor)
+    # download into a fresh folder and swap it in only on success: an offline re-install keeps the
+    # working vendor/ it already has
+    staging = Path(tempfile.mkdtemp(prefix=".vendor-new-", dir=plugin_dir))
     abi = "cp" + python_version.replace(".", "")
     cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-           "--target", str(vendor), "--only-binary=:all:", "--python-version", python_version,
+           "--target", str(staging), "--only-binary=:all:", "--python-version", python_version,
            "--implementation", "cp", "--abi", abi, "--abi", "abi3", "--abi", "none"]
     for tag in platforms:
         cmd += ["--platform", tag]
     cmd += list(VENDOR_REQUIREMENTS)
     say(f"vendoring {', '.join(VENDOR_REQUIREMENTS)} for Krita's Python {python_version} ({platforms[-1]})")
-    run(cmd, f"could not download pyzmq/msgpack wheels for Python {python_version} on {platforms[0]}. "
-             "Check the network and that --krita-python is right")
-    marker.write_text(json.dumps(wanted))
+    try:
+        run(cmd, f"could not download pyzmq/msgpack wheels for Python {python_version} on {platforms[0]}. "
+                 "Check the network and that --krita-python is right"
+                 + ("; the previously vendored packages were kept" if vendor.is_dir() else ""))
+        (staging / VENDOR_MARKER).write_text(json.dumps(wanted))
+        swap_in(staging, vendor)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def swap_in(new: Path, target: Path) -> None:
+    """Replace `target` by `new` (same parent), keeping `target` until `new` is in place."""
+    old = target.with_name(f".{target.name}-old")
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        target.rename(old)
+    new.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------- steps
@@ -250,8 +268,20 @@ def check_pip() -> None:
         )
 
 
-def install_daemon(venv: Path, editable: bool, system_site_packages: bool = False) -> None:
-    """Create the venv, install torch (CPU pin without an NVIDIA GPU) and this project."""
+def choose_torch(torch_spec: str | None, nvidia_gpu: bool) -> tuple[str, str]:
+    """(pip requirement for torch, why): --torch-spec, else the CPU pin, else PyPI's default build."""
+    if torch_spec:
+        return torch_spec, "--torch-spec"
+    if not nvidia_gpu:
+        return CPU_TORCH, "no NVIDIA GPU: CPU build"
+    return "torch", ("NVIDIA GPU found: PyPI's default torch, unpinned (pip picks the newest CUDA build "
+                     "for this platform); choose another with --torch-spec, e.g. --torch-spec 'torch==2.5.1' "
+                     "or --torch-spec 'torch --index-url https://download.pytorch.org/whl/cu121'")
+
+
+def install_daemon(venv: Path, editable: bool, system_site_packages: bool = False,
+                   torch_spec: str | None = None) -> None:
+    """Create the venv, install torch (CPU pin without an NVIDIA GPU, --torch-spec wins) and this project."""
     python = venv_python(venv)
     if not python.exists():
         if venv.exists() and any(venv.iterdir()):
@@ -263,17 +293,19 @@ def install_daemon(venv: Path, editable: bool, system_site_packages: bool = Fals
             "(Debian/Ubuntu: `sudo apt-get install python3-venv`)")
         # only a venv made here is ours to delete with --uninstall
         (venv / VENV_MARKER).write_text(json.dumps({"project": "krita-draggan", "repo": str(REPO)}))
-    torch_req = "torch" if has_nvidia_gpu() else CPU_TORCH
-    why = "NVIDIA GPU found" if torch_req == "torch" else "no NVIDIA GPU: CPU build"
+    torch_req, why = choose_torch(torch_spec, has_nvidia_gpu() if not torch_spec else False)
     say(f"installing {torch_req} ({why})")
     pip = [str(python), "-m", "pip", "install", "--disable-pip-version-check"]
-    run([*pip, torch_req], f"could not install {torch_req} into {venv}")
+    run([*pip, *shlex.split(torch_req)], f"could not install {torch_req} into {venv}")
     say(f"installing krita-draggan from {REPO} ({'editable' if editable else 'copy'})")
     run(pip + (["-e", str(REPO)] if editable else [str(REPO)]), f"could not install {REPO} into {venv}")
-    check = "import torch, zmq, msgpack, daemon, engine, stylegan2; print(torch.__version__)"
+    check = ("import torch, zmq, msgpack, daemon, engine, stylegan2; "
+             "print(torch.__version__, torch.version.cuda or 'no CUDA')")
     result = run([str(python), "-c", check], "the daemon's environment is incomplete",
                  capture_output=True, text=True)
-    say(f"daemon environment ready: torch {result.stdout.strip()} in {venv}")
+    version, _, cuda = result.stdout.strip().partition(" ")
+    say(f"daemon environment ready: torch {version} ({'CUDA ' + cuda if cuda != 'no CUDA' else cuda}) "
+        f"in {venv}")
 
 
 def install_plugin(pykrita: Path, kritarc: Path, krita_python: str | None) -> None:
@@ -361,6 +393,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="install a copy of the project into the venv instead of linking the checkout")
     p.add_argument("--system-site-packages", action="store_true",
                    help="let the venv see this Python's packages (reuse its torch, e.g. a ROCm build)")
+    p.add_argument("--torch-spec", metavar="SPEC",
+                   help="pip requirement for torch, overriding the automatic choice (CPU pin without an "
+                        "NVIDIA GPU, else PyPI's default torch), e.g. 'torch==2.5.1' or "
+                        "'torch --index-url https://download.pytorch.org/whl/cu121'")
     p.add_argument("--run", action="store_true", help="start the daemon on the demo model when done")
     p.add_argument("--model", type=Path, help="model for --run (default: the daemon's bundled demo model)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT,
@@ -385,7 +421,7 @@ def main(argv: list[str] | None = None) -> int:
             install_plugin(args.krita_dir, args.kritarc, args.krita_python)
         cmd = None
         if not args.plugin_only:
-            install_daemon(args.venv, args.editable, args.system_site_packages)
+            install_daemon(args.venv, args.editable, args.system_site_packages, args.torch_spec)
             cmd = daemon_command(args)
     except InstallError as e:
         print(f"[install] error: {e}", file=sys.stderr)

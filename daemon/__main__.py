@@ -46,6 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-message-mb", type=float, default=d.max_message_bytes / 2**20, help="max frame size (MiB)"
     )
     p.add_argument("--latent-cache", type=int, default=d.latent_cache, help="latents kept for re-use by id")
+    p.add_argument(
+        "--latent-cache-mb",
+        type=float,
+        default=d.latent_cache_bytes / 2**20,
+        help="memory for the latent cache (MiB)",
+    )
     curve = p.add_argument_group("security (CURVE)")
     curve.add_argument("--curve", action="store_true", help="require CURVE encryption and client keys")
     curve.add_argument("--keys-dir", type=Path, default=None, help="folder made by `draggan keys`")
@@ -70,17 +76,27 @@ def _limits(args: argparse.Namespace) -> Limits:
         raise ValueError("--max-message-mb must be in [0.01, 4096]")
     if args.latent_cache < 1:
         raise ValueError("--latent-cache must be >= 1")
+    if not 0.1 <= args.latent_cache_mb <= 65536:
+        raise ValueError("--latent-cache-mb must be in [0.1, 65536]")
     return Limits(
         max_sessions=args.max_sessions,
         idle_timeout_s=args.idle_timeout,
         max_message_bytes=int(args.max_message_mb * 2**20),
         latent_cache=args.latent_cache,
+        latent_cache_bytes=int(args.latent_cache_mb * 2**20),
     )
 
 
 def _curve_config(args: argparse.Namespace, loopback: bool):  # -> CurveConfig | None
     """CURVE is required off loopback unless --insecure; keys come from --keys-dir or the flags."""
-    from .keys import KeyFileError, authorized_dir, default_keys_dir, load_secret_key_file, server_secret_file
+    from .keys import (
+        KeyFileError,
+        authorized_dir,
+        default_keys_dir,
+        load_secret_key_file,
+        read_authorized_keys,
+        server_secret_file,
+    )
     from .server import CurveConfig
 
     if not loopback and not args.curve and not args.insecure:
@@ -99,10 +115,9 @@ def _curve_config(args: argparse.Namespace, loopback: bool):  # -> CurveConfig |
     auth_dir = args.authorized_keys or authorized_dir(keys_dir)
     try:
         public, secret = load_secret_key_file(secret_file)
+        read_authorized_keys(auth_dir)  # every key file must be valid at startup
     except KeyFileError as e:
         raise ValueError(f"CURVE: {e}") from None
-    if not Path(auth_dir).is_dir():
-        raise ValueError(f"CURVE: {auth_dir} is not a folder of authorised client keys; run `draggan keys`")
     return CurveConfig(public_key=public, secret_key=secret, authorized_dir=Path(auth_dir))
 
 
@@ -141,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    if hasattr(signal, "SIGHUP"):  # re-read the authorised client keys now (they are also watched)
+        signal.signal(signal.SIGHUP, lambda signum, frame: server.reload_keys())
     log.info(
         "draggan-daemon %s listening on %s (device %s, models %s, default %s, CURVE %s)",
         __version__,

@@ -309,6 +309,13 @@ class Client:
         self.drain()
         return request_id
 
+    def forget(self, request_id: str) -> bool:
+        """Drop the callback (or stream) of a request we no longer wait for, e.g. after a timeout:
+        its late reply is then ignored. True if something was pending under that id."""
+        callback = self._callbacks.pop(request_id, None)
+        stream = self._streams.pop(request_id, None)
+        return callback is not None or stream is not None
+
     # ----- blocking requests --------------------------------------------------------------------
     def request(
         self,

@@ -59,6 +59,7 @@ class ErrorCode:
     UNKNOWN_LATENT = "unknown_latent"
     UNKNOWN_SESSION = "unknown_session"
     TOO_MANY_SESSIONS = "too_many_sessions"
+    BUSY = "busy"
     MODEL_ERROR = "model_error"
     OUT_OF_MEMORY = "out_of_memory"
     ENGINE_ERROR = "engine_error"
@@ -85,6 +86,8 @@ class Limits:
     max_sessions: int = 8
     idle_timeout_s: float = 600.0
     latent_cache: int = 1024
+    latent_cache_bytes: int = 64 * 1024 * 1024
+    max_queued_requests: int = 32  # per client: compute and session requests not yet answered
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -485,14 +488,15 @@ class LatentRef(Spec):
 
 
 class MaskBlob(Spec):
-    """width*height bytes, non-zero = may change; the size is checked against the model later."""
+    """width*height bytes, non-zero = may change; at most max_image_size a side here, the exact
+    model resolution is checked later."""
 
     def check(self, value: Any, path: str, ctx: _Context) -> dict[str, Any]:
         desc = Map(
             {
                 "frame": (Int(0, 1 << 16), REQUIRED),
-                "width": (Int(1, 8192), REQUIRED),
-                "height": (Int(1, 8192), REQUIRED),
+                "width": (Int(1, "max_image_size"), REQUIRED),
+                "height": (Int(1, "max_image_size"), REQUIRED),
             }
         ).check(value, path, ctx)
         data = ctx.claim(desc["frame"], path)

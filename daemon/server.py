@@ -10,6 +10,7 @@ import ipaddress
 import logging
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ import zmq
 
 from . import __version__
 from .encoding import available_encodings
+from .keys import AuthorizedKeys
 from .models import ModelRegistry, UnknownModel, memory_info
 from .protocol import (
     PROTOCOL_VERSION,
@@ -30,7 +32,7 @@ from .protocol import (
     parse_request,
     reply_parts,
 )
-from .sessions import LatentCache, SessionTable, TooManySessions
+from .sessions import LatentCache, SessionTable, TooManySessions, find_latent
 from .worker import Job, Outbox, Outgoing, Worker, check_latent_shape, latent_array
 
 log = logging.getLogger("draggan.daemon")
@@ -40,6 +42,14 @@ HEARTBEAT_TIMEOUT_MS = 6000
 IDLE_CHECK_S = 1.0
 COMPUTE_REQUESTS = frozenset(("load_model", "generate", "render", "drag_start"))
 SESSION_REQUESTS = frozenset(("drag_update", "drag_stop", "close_session"))
+IMAGE_OPTION_FIELDS = {
+    "generate": ("image",),
+    "render": ("image",),
+    "drag_start": ("preview", "final"),
+    "drag_update": ("preview",),
+}
+MAX_SEND_BACKLOG = 256  # per client: replies and events waiting for a client that does not read
+SEND_HWM = 1000  # messages ZeroMQ queues per client before a send would block
 
 
 @dataclass
@@ -88,13 +98,19 @@ class DaemonServer:
         self.limits = config.limits
         self.registry = registry
         self.sessions = SessionTable(self.limits.max_sessions)
-        self.latents = LatentCache(self.limits.latent_cache)
+        self.latents = LatentCache(self.limits.latent_cache, self.limits.latent_cache_bytes)
+        self.encodings = available_encodings()
         self._stop = threading.Event()
+        self._reload_keys = threading.Event()
         self._started = time.monotonic()
-        self._pending: dict[tuple[bytes, str], tuple[str, float]] = {}  # for the per-request log line
-        self._idle_submitted: set[str] = set()
+        # Requests handed to the worker and not answered yet: the per-request log line, and the
+        # per-client bound (max_queued_requests).
+        self._pending: dict[tuple[bytes, str], tuple[str, float]] = {}
+        self._idle_submitted: dict[str, float] = {}  # session id -> its last_activity when submitted
+        self._backlog: dict[bytes, deque[Outgoing]] = {}  # messages the send buffer had no room for
         self.ctx = zmq.Context()
         self._auth: Any = None
+        self.authorized_keys: AuthorizedKeys | None = None
         self.socket = self._make_socket()
         self.outbox = Outbox(self.ctx)
         self.worker = Worker(registry, self.sessions, self.latents, self.outbox, self.limits)
@@ -106,16 +122,22 @@ class DaemonServer:
         sock.setsockopt(zmq.MAXMSGSIZE, self.limits.max_message_bytes)
         sock.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
         sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
-        sock.setsockopt(zmq.SNDHWM, 1000)
+        sock.setsockopt(zmq.SNDHWM, SEND_HWM)
         sock.setsockopt(zmq.RCVHWM, 1000)
         sock.setsockopt(zmq.LINGER, 1000)
         curve = self.config.curve
         if curve is not None:
             from zmq.auth.thread import ThreadAuthenticator
 
+            self.authorized_keys = AuthorizedKeys(curve.authorized_dir)
+            try:
+                self.authorized_keys.load_strict()
+            except ValueError:
+                sock.close(linger=0)
+                raise
             self._auth = ThreadAuthenticator(self.ctx, log=logging.getLogger("draggan.daemon.auth"))
             self._auth.start()
-            self._auth.configure_curve(domain="*", location=str(curve.authorized_dir))
+            self._auth.configure_curve_callback(domain="*", credentials_provider=self.authorized_keys)
             sock.curve_secretkey = curve.secret_key
             sock.curve_publickey = curve.public_key
             sock.curve_server = True
@@ -131,6 +153,10 @@ class DaemonServer:
     def stop(self) -> None:
         self._stop.set()
 
+    def reload_keys(self) -> None:
+        """Re-read the authorised client keys at the next loop turn (safe from a signal handler)."""
+        self._reload_keys.set()
+
     def serve_forever(self) -> None:
         self.worker.start()
         self.worker.submit(Job("preload"))
@@ -140,22 +166,36 @@ class DaemonServer:
         next_idle_check = time.monotonic() + IDLE_CHECK_S
         try:
             while not self._stop.is_set():
-                ready = dict(poller.poll(200))
-                if self.socket in ready:
-                    self._receive_all()
-                if self.outbox.wakeup in ready:
-                    self._flush_outbox()
-                now = time.monotonic()
-                if now >= next_idle_check:
-                    self._close_idle(now)
-                    next_idle_check = now + IDLE_CHECK_S
+                try:
+                    ready = dict(poller.poll(20 if self._backlog else 200))
+                    if self.socket in ready:
+                        self._receive_all()
+                    if self.outbox.wakeup in ready:
+                        self._flush_outbox()
+                    if self._backlog:
+                        self._send_backlog()
+                    now = time.monotonic()
+                    if now >= next_idle_check or self._reload_keys.is_set():
+                        next_idle_check = now + IDLE_CHECK_S
+                        self._on_tick(now)
+                except Exception:  # a bug: log it, keep serving everyone
+                    log.exception("socket loop error")
+                    time.sleep(0.05)
         finally:
             self._shutdown()
+
+    def _on_tick(self, now: float) -> None:
+        self._close_idle(now)
+        if self.authorized_keys is not None:
+            force = self._reload_keys.is_set()
+            self._reload_keys.clear()
+            self.authorized_keys.reload_if_changed(force=force)
 
     def _shutdown(self) -> None:
         log.info("shutting down")
         self.worker.stop()
         self._flush_outbox()  # final events of runs the worker finished
+        self._send_backlog()
         self.outbox.close()
         self.socket.close(linger=500)
         self._stop_auth()
@@ -199,6 +239,9 @@ class DaemonServer:
 
     def _dispatch(self, identity: bytes, req: Request, t0: float) -> None:
         c = req.content
+        if req.type in COMPUTE_REQUESTS or req.type in SESSION_REQUESTS:
+            self._check_encodings(req)
+            self._check_queue(identity)
         if req.type in COMPUTE_REQUESTS:
             model = c.get("model") or self.registry.default
             self._check_model(model)
@@ -225,6 +268,28 @@ class DaemonServer:
             content, frames = getattr(self, f"_on_{req.type}")(identity, c)
             self._send_reply(identity, req, content, frames, t0)
 
+    def _check_encodings(self, req: Request) -> None:
+        """invalid_field now, on this thread, for an encoding this Pillow build cannot write."""
+        for key in IMAGE_OPTION_FIELDS.get(req.type, ()):
+            opts = req.content.get(key)
+            if opts and opts["encoding"] not in self.encodings:
+                raise ProtocolError(
+                    ErrorCode.INVALID_FIELD,
+                    f"content.{key}.encoding {opts['encoding']!r} is not available on this daemon "
+                    f"(its Pillow lacks it); available: {list(self.encodings)}",
+                    f"content.{key}.encoding",
+                )
+
+    def _check_queue(self, identity: bytes) -> None:
+        """busy when this client already has max_queued_requests requests waiting for the worker."""
+        waiting = sum(1 for ident, _ in self._pending if ident == identity)
+        if waiting >= self.limits.max_queued_requests:
+            raise ProtocolError(
+                ErrorCode.BUSY,
+                f"{waiting} of your requests are still waiting for the compute thread (the limit is "
+                f"{self.limits.max_queued_requests}); wait for their replies, then retry",
+            )
+
     def _check_model(self, name: str) -> None:
         try:
             self.registry.entry(name)
@@ -241,7 +306,7 @@ class DaemonServer:
             "device": self.config.device_label,
             "models": self.registry.infos(),
             "default_model": self.registry.default,
-            "encodings": list(available_encodings()),
+            "encodings": list(self.encodings),
             "limits": self.limits.to_dict(),
             "curve": self.config.curve is not None,
         }, []
@@ -267,15 +332,12 @@ class DaemonServer:
             "queue": {"jobs": self.worker.queued, "running": self.worker.running},
             "memory": memory_info(self.registry.device),
             "latents": len(self.latents),
+            "latent_bytes": self.latents.nbytes,
             "uptime_s": round(now - self._started, 3),
         }, []
 
     def _on_get_latent(self, identity: bytes, c: dict[str, Any]) -> tuple[dict[str, Any], list[bytes]]:
-        latent = self.latents.get(c["latent_id"])
-        if latent is None:
-            for rec in self.sessions.owned_by(identity):
-                if rec.latent is not None and rec.latent.id == c["latent_id"]:
-                    latent = rec.latent
+        latent = find_latent(self.latents, self.sessions, c["latent_id"], identity)
         if latent is None:
             raise ProtocolError(
                 ErrorCode.UNKNOWN_LATENT,
@@ -290,8 +352,25 @@ class DaemonServer:
             self._check_model(c["model"])
             entry = self.registry.entry(c["model"])
             check_latent_shape(latent, entry.latent_shape(), entry.name, "content.latent")
+        else:
+            self._check_latent_fits_a_model(latent)
         latent_array(latent)
         return {"latent_id": self.latents.put(latent)}, []
+
+    def _check_latent_fits_a_model(self, latent: Latent) -> None:
+        """Without a model name, the shape must be that of some registered model (so the cache only
+        holds usable latents); a model whose shape is unknown until it loads allows any shape."""
+        shapes = [
+            (m["num_ws"], m["w_dim"]) if m["num_ws"] and m["w_dim"] else None for m in self.registry.infos()
+        ]
+        if None in shapes or tuple(latent.shape) in shapes:
+            return
+        known = [list(shape) for shape in sorted({s for s in shapes if s is not None})]
+        raise ProtocolError(
+            ErrorCode.INVALID_FIELD,
+            f"content.latent has shape {list(latent.shape)}; this daemon's models need one of {known}",
+            "content.latent.shape",
+        )
 
     # ----- sending ------------------------------------------------------------------------------
     def _send_reply(
@@ -313,53 +392,78 @@ class DaemonServer:
             self._log_worker_reply(msg)
 
     def _send(self, msg: Outgoing) -> None:
+        """Send without blocking. A reply or event the client's send buffer has no room for waits in
+        that client's backlog (order kept); a preview frame is dropped instead."""
+        backlog = self._backlog.get(msg.identity)
+        if backlog is not None:
+            if not msg.droppable:
+                self._queue_for_later(msg, backlog)
+            return
+        if not self._try_send(msg) and not msg.droppable:
+            self._queue_for_later(msg, self._backlog.setdefault(msg.identity, deque()))
+
+    def _try_send(self, msg: Outgoing) -> bool:
+        """True when the message left or can never leave (client gone); False: send buffer full."""
         try:
             self.socket.send_multipart([msg.identity, *msg.parts], zmq.NOBLOCK)
         except zmq.Again:
-            level = logging.DEBUG if msg.droppable else logging.WARNING
-            log.log(level, "client %s is not reading; dropped a message", _client_tag(msg.identity))
+            if msg.droppable:
+                log.debug("client %s is not reading; dropped a preview frame", _client_tag(msg.identity))
+            return False
         except zmq.ZMQError as e:
             if e.errno == zmq.EHOSTUNREACH:
                 self._client_gone(msg.identity)
             else:
                 log.warning("send to %s failed: %s", _client_tag(msg.identity), e)
+        return True
 
-    def _client_gone(self, identity: bytes) -> None:
+    def _queue_for_later(self, msg: Outgoing, backlog: deque[Outgoing]) -> None:
+        backlog.append(msg)
+        if len(backlog) > MAX_SEND_BACKLOG:
+            log.warning(
+                "client %s has not read %d replies/events: dropping them and closing its sessions",
+                _client_tag(msg.identity),
+                len(backlog),
+            )
+            self._client_gone(msg.identity, force=True)
+
+    def _send_backlog(self) -> None:
+        for identity in list(self._backlog):
+            backlog = self._backlog.get(identity)
+            while backlog:
+                if not self._try_send(backlog[0]):
+                    break
+                backlog.popleft()
+            if not backlog:
+                self._backlog.pop(identity, None)
+
+    def _client_gone(self, identity: bytes, force: bool = False) -> None:
         for key in [k for k in self._pending if k[0] == identity]:
             del self._pending[key]
+        self._backlog.pop(identity, None)
         if self.sessions.owned_by(identity):
-            log.info("client %s disconnected; closing its sessions", _client_tag(identity))
+            if not force:
+                log.info("client %s disconnected; closing its sessions", _client_tag(identity))
             self.worker.submit(Job("client_gone", identity))
 
     def _close_idle(self, now: float) -> None:
-        self._idle_submitted &= {r.id for r in self.sessions.all()}
-        for rec in self.sessions.idle(now, self.limits.idle_timeout_s):
-            if rec.id not in self._idle_submitted:
-                self._idle_submitted.add(rec.id)
+        """Submit idle_close for sessions idle too long; again if the session was touched since."""
+        idle = self.sessions.idle(now, self.limits.idle_timeout_s)
+        submitted, self._idle_submitted = self._idle_submitted, {}
+        for rec in idle:
+            self._idle_submitted[rec.id] = rec.last_activity
+            if submitted.get(rec.id) != rec.last_activity:
                 self.worker.submit(Job("idle_close", rec.owner, session_id=rec.id))
 
     # ----- logging ------------------------------------------------------------------------------
     def _log_worker_reply(self, msg: Outgoing) -> None:
-        """One info line per compute request, when its reply leaves (events are not logged)."""
-        if msg.droppable:
+        """One info line per worker request, when its reply leaves (events are not logged)."""
+        if msg.reply_to is None:
             return
-        try:
-            import msgpack
-
-            header = msgpack.unpackb(msg.parts[0], raw=False)
-        except Exception:
-            return
-        if not str(header.get("type", "")).endswith("_reply"):
-            return
-        pending = self._pending.pop((msg.identity, header.get("parent")), None)
-        if pending is None:
-            return
-        req_type, t0 = pending
-        content = header.get("content") or {}
-        outcome = (
-            "ok" if header.get("status") == "ok" else f"error {content.get('code')}: {content.get('message')}"
-        )
-        self._log_request(msg.identity, req_type, header.get("parent"), outcome, t0)
+        pending = self._pending.pop((msg.identity, msg.reply_to), None)
+        if pending is not None:
+            req_type, t0 = pending
+            self._log_request(msg.identity, req_type, msg.reply_to, msg.outcome, t0)
 
     def _log_request(
         self, identity: bytes, req_type: str, req_id: str | None, outcome: str, t0: float

@@ -106,19 +106,26 @@ class SessionTable:
 
 
 class LatentCache:
-    """Latents by content id, least recently used evicted first."""
+    """Latents by content id, least recently used evicted first: at most `capacity` latents and
+    `max_bytes` of latent data (the newest one is always kept)."""
 
-    def __init__(self, capacity: int):
+    def __init__(self, capacity: int, max_bytes: int | None = None):
         self.capacity = max(1, capacity)
+        self.max_bytes = max_bytes
         self._lock = threading.Lock()
         self._items: OrderedDict[str, Latent] = OrderedDict()
+        self._bytes = 0
 
     def put(self, latent: Latent) -> str:
         with self._lock:
+            if latent.id not in self._items:
+                self._bytes += len(latent.data)
             self._items[latent.id] = latent
             self._items.move_to_end(latent.id)
-            while len(self._items) > self.capacity:
-                self._items.popitem(last=False)
+            limit = self.max_bytes if self.max_bytes is not None else float("inf")
+            while len(self._items) > 1 and (len(self._items) > self.capacity or self._bytes > limit):
+                _, old = self._items.popitem(last=False)
+                self._bytes -= len(old.data)
         return latent.id
 
     def get(self, latent_id: str) -> Latent | None:
@@ -128,6 +135,22 @@ class LatentCache:
                 self._items.move_to_end(latent_id)
             return latent
 
+    @property
+    def nbytes(self) -> int:
+        with self._lock:
+            return self._bytes
+
     def __len__(self) -> int:
         with self._lock:
             return len(self._items)
+
+
+def find_latent(cache: LatentCache, sessions: SessionTable, latent_id: str, owner: bytes) -> Latent | None:
+    """A latent by id: from the cache, else the latest latent of one of `owner`'s sessions."""
+    latent = cache.get(latent_id)
+    if latent is not None:
+        return latent
+    for rec in sessions.owned_by(owner):
+        if rec.latent is not None and rec.latent.id == latent_id:
+            return rec.latent
+    return None

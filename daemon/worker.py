@@ -37,7 +37,7 @@ from .protocol import (
     event_parts,
     reply_parts,
 )
-from .sessions import LatentCache, SessionRecord, SessionTable
+from .sessions import LatentCache, SessionRecord, SessionTable, find_latent
 
 log = logging.getLogger("draggan.daemon")
 
@@ -53,6 +53,8 @@ class Outgoing(NamedTuple):
     identity: bytes
     parts: list[bytes]
     droppable: bool = False  # preview frames may be dropped for a slow client
+    reply_to: str | None = None  # replies: the request id (for the socket thread's bookkeeping)
+    outcome: str = "ok"  # replies: "ok" or "error CODE: message", for the per-request log line
 
 
 class Outbox:
@@ -345,14 +347,34 @@ class Worker:
                 log.warning("%s failed: %s", job.kind, err.message)
 
     # ----- output (always through the encoder thread, so order is kept) -----------------------
-    def _emit(self, identity: bytes, build: Callable[[], list[bytes]], droppable: bool = False) -> None:
+    def _emit(
+        self,
+        identity: bytes,
+        build: Callable[[], list[bytes]],
+        *,
+        droppable: bool = False,
+        on_error: Callable[[ProtocolError], list[bytes]] | None = None,
+        reply_to: str | None = None,
+        outcome: str = "ok",
+    ) -> None:
+        """Build a message on the encoder thread and post it. If building fails, a droppable
+        message (a preview frame) is skipped; any other is replaced by `on_error(err)` (an error
+        reply or a drag_error), so a client never waits for a message that will not come."""
+
         def task() -> None:
             try:
-                parts = build()
-            except Exception:
-                log.exception("building a message failed")
+                self._outbox.post(Outgoing(identity, build(), droppable, reply_to, outcome))
                 return
-            self._outbox.post(Outgoing(identity, parts, droppable))
+            except Exception as e:
+                if droppable or on_error is None:
+                    log.warning("skipped a preview frame: %s: %s", type(e).__name__, e)
+                    return
+                err = classify(e, ErrorCode.INTERNAL_ERROR)
+            try:
+                failed = f"error {err.code}: {err.message}"
+                self._outbox.post(Outgoing(identity, on_error(err), False, reply_to, failed))
+            except Exception:  # only a bug can get here
+                log.exception("building an error message failed too")
 
         self._encoder.submit(task)
 
@@ -364,16 +386,29 @@ class Worker:
             content, frames = build()
             return reply_parts(req.id, req.type, content, frames)
 
-        self._emit(job.identity, parts)
+        self._emit(
+            job.identity, parts, on_error=lambda err: error_parts(req.id, req.type, err), reply_to=req.id
+        )
 
     def _reply_error(self, job: Job, err: ProtocolError) -> None:
         req = job.request
         assert req is not None
-        self._emit(job.identity, lambda: error_parts(req.id, req.type, err))
+
+        self._emit(
+            job.identity,
+            lambda: error_parts(req.id, req.type, err),
+            on_error=lambda e: error_parts(req.id, req.type, e),
+            reply_to=req.id,
+            outcome=f"error {err.code}: {err.message}",
+        )
 
     def _event(self, rec: SessionRecord, msg_type: str, content: dict[str, Any]) -> None:
-        parent, sid = rec.parent, rec.id
-        self._emit(rec.owner, lambda: event_parts(parent, sid, msg_type, content))
+        parent, sid, step = rec.parent, rec.id, rec.step
+        self._emit(
+            rec.owner,
+            lambda: event_parts(parent, sid, msg_type, content),
+            on_error=lambda err: event_parts(parent, sid, "drag_error", {**err.content(), "step": step}),
+        )
 
     def _image_reply(
         self,
@@ -404,7 +439,7 @@ class Worker:
 
     def _resolve_latent(self, ref: str | dict[str, Any], model: str, owner: bytes) -> Latent:
         if isinstance(ref, str):
-            latent = self._latents.get(ref) or self._session_latent(ref, owner)
+            latent = find_latent(self._latents, self._sessions, ref, owner)
             if latent is None:
                 raise ProtocolError(
                     ErrorCode.UNKNOWN_LATENT,
@@ -418,12 +453,6 @@ class Worker:
         latent_array(latent)  # reject NaN/inf before anything uses it
         self._latents.put(latent)
         return latent
-
-    def _session_latent(self, latent_id: str, owner: bytes) -> Latent | None:
-        for rec in self._sessions.owned_by(owner):
-            if rec.latent is not None and rec.latent.id == latent_id:
-                return rec.latent
-        return None
 
     # ----- heavy jobs -------------------------------------------------------------------------
     def _job_preload(self, job: Job) -> None:
@@ -499,18 +528,8 @@ class Worker:
                 "content.session",
             )
         c = job.request.content
-        res = eng.resolution
-        if "handles" in c:
-            targets = c.get("targets", eng.targets.tolist())
-            _check_pairs(c["handles"], targets, res)
-            eng.set_points(np.array(c["handles"]), np.array(targets))
-        elif "targets" in c:
-            check_points_in_image(c["targets"], res, "content.targets")
-            eng.set_targets(np.array(c["targets"]))
-        if "mask" in c:
-            eng.set_mask(_mask_array(c["mask"], res, "content.mask"))
-        if c.get("params"):
-            eng.set_params(**c["params"])
+        apply = _validated_update(eng, c)  # everything is checked before anything changes
+        apply()
         if "preview" in c:
             rec.preview = c["preview"]
         if "max_steps" in c:
@@ -526,7 +545,7 @@ class Worker:
     def _job_drag_stop(self, job: Job) -> None:
         rec = self._own_session(job)
         running = rec.state == "running"
-        content = {"session": rec.id, "state": "idle" if running else rec.state}
+        content = {"session": rec.id, "state": "idle" if running else rec.state, "was_running": running}
         self._reply(job, lambda: (content, []))
         if running:
             self._finish_or_fail(rec, "stopped")
@@ -594,7 +613,13 @@ class Worker:
         rec.last_frame_at = now
         res = rec.engine.resolution
         size = opts["size"] or min(res, 256)
-        rgb = rec.engine.render(None if size == res else size)
+        try:
+            rgb = rec.engine.render(None if size == res else size)
+        except Exception as e:  # a preview is optional: skip it, the drag goes on
+            if is_out_of_memory(e):
+                _free_device_cache()
+            log.warning("session %s: skipped the preview frame of step %d: %s", rec.id, rec.step, e)
+            return
         rec.add_frame_in_flight(1)
         parent, sid, step = rec.parent, rec.id, rec.step
 
@@ -608,31 +633,47 @@ class Worker:
         self._emit(rec.owner, build, droppable=True)
 
     def _finish(self, rec: SessionRecord, reason: str) -> None:
-        """End the run: the full-size image and latent go out in drag_done, the last event of the run."""
+        """End the run: the full-size image and latent go out in drag_done, the last event of the run.
+
+        If the image cannot be made (render or encoding fails), the run ends with a drag_error that
+        still carries the edited latent, so the progress is not lost.
+        """
         self._rr.remove(rec.id)
         eng = rec.engine
-        res = eng.resolution
-        rgb = eng.render(_render_size(rec.final, res))
+        try:
+            rgb: np.ndarray | None = eng.render(_render_size(rec.final, eng.resolution))
+            render_error = None
+        except Exception as e:
+            rgb, render_error = None, classify(e, ErrorCode.ENGINE_ERROR)
         latent = latent_of(eng.latent())
         self._latents.put(latent)
-        rec.latent, rec.state = latent, "idle"
+        rec.latent, rec.state = latent, "idle" if render_error is None else "error"
         rec.touch()
+        parent, sid, final, step = rec.parent, rec.id, rec.final, rec.step
+
+        def error_with_latent(err: ProtocolError) -> list[bytes]:
+            body = {**err.content(), "step": step, "latent": latent.blob(0)}
+            return event_parts(parent, sid, "drag_error", body, [latent.data])
+
+        if render_error is not None:
+            log.warning("session %s: final image failed at step %d: %s", sid, step, render_error.message)
+            self._emit(rec.owner, lambda: error_with_latent(render_error))
+            return
         status = eng.status()
         content = {
             "reason": reason,
-            "step": rec.step,
+            "step": step,
             "points": status.points.tolist(),
             "targets": eng.targets.tolist(),
             "distances": status.distances.tolist(),
         }
-        parent, sid, final = rec.parent, rec.id, rec.final
 
         def build() -> list[bytes]:
             img = _encode(rgb, final, fast=False)
             body = {**content, "image": img.blob(0), "latent": latent.blob(1)}
             return event_parts(parent, sid, "drag_done", body, [img.data, latent.data])
 
-        self._emit(rec.owner, build)
+        self._emit(rec.owner, build, on_error=error_with_latent)
 
     def _finish_or_fail(self, rec: SessionRecord, reason: str) -> None:
         try:
@@ -661,6 +702,47 @@ class Worker:
         rec.engine = None
         rec.state = "closed"
         self._sessions.remove(rec.id)
+
+
+def _validated_update(eng: Any, c: dict[str, Any]) -> Callable[[], None]:
+    """Check a drag_update's handles, targets, mask and params against the session; return the
+    function that applies them. Raises ProtocolError / DragInputError before anything changes."""
+    res = eng.resolution
+    actions: list[Callable[[], None]] = []
+    if "handles" in c:
+        handles, targets = c["handles"], c.get("targets", eng.targets.tolist())
+        _check_pairs(handles, targets, res)
+        actions.append(lambda: eng.set_points(np.array(handles), np.array(targets)))
+    elif "targets" in c:
+        targets = c["targets"]
+        check_points_in_image(targets, res, "content.targets")
+        if len(targets) != len(eng.targets):
+            raise ProtocolError(
+                ErrorCode.INVALID_FIELD,
+                f"{len(targets)} targets for {len(eng.targets)} handles; send handles too to change "
+                "the count",
+                "content.targets",
+            )
+        actions.append(lambda: eng.set_targets(np.array(targets)))
+    if "mask" in c:
+        mask = _mask_array(c["mask"], res, "content.mask")
+        actions.append(lambda: eng.set_mask(mask))
+    if c.get("params"):
+        new = eng.params.replace(**c["params"])  # DragInputError for bad values
+        if new.num_layers > eng.num_ws:
+            raise ProtocolError(
+                ErrorCode.INVALID_FIELD,
+                f"content.params.num_layers = {new.num_layers} but the model has {eng.num_ws} ws",
+                "content.params.num_layers",
+            )
+        params = c["params"]
+        actions.append(lambda: eng.set_params(**params))
+
+    def apply() -> None:
+        for action in actions:
+            action()
+
+    return apply
 
 
 def _render_size(opts: dict[str, Any], resolution: int) -> int | None:

@@ -15,12 +15,34 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from . import deps
-from .link import CONNECTING, FAILED, LOST, READY, LinkState, Pending, PendingRequests
+from .link import (
+    COMPUTE_TIMEOUT_S,
+    CONNECTING,
+    FAILED,
+    LOST,
+    READY,
+    REQUEST_TIMEOUT_S,
+    LinkState,
+    Pending,
+    PendingRequests,
+)
 from .qt_compat import READ_NOTIFIER, QSocketNotifier, QTimer
 
 POLL_MS = 50
-REQUEST_TIMEOUT_S = 15.0
-COMPUTE_TIMEOUT_S = 180.0  # generate on a CPU daemon can take a while
+__all__ = ["COMPUTE_TIMEOUT_S", "REQUEST_TIMEOUT_S", "DaemonConnection", "guarded"]
+
+
+def guarded(fn: Callable[..., Any]) -> Callable[..., None]:
+    """`fn` as a callback that never raises into the receive loop: a bug in a callback (or a
+    listener on a deleted widget) must not look like a network failure and fail the link."""
+
+    def call(*args: Any) -> None:
+        try:
+            fn(*args)
+        except Exception:
+            traceback.print_exc()
+
+    return call
 
 
 class DaemonConnection:
@@ -44,6 +66,7 @@ class DaemonConnection:
         self._timer.setInterval(POLL_MS)
         self._timer.timeout.connect(self.poll)
         self._last_seen: tuple[str, str] = (self.link.state, self.link.message)
+        self.on_tick: Callable[[float], None] | None = None  # called with the time after every poll
 
     # ----------------------------------------------------------------- lifecycle
     def open(self, endpoint: str, server_key: str = "", client_key: str = "") -> None:
@@ -81,7 +104,7 @@ class DaemonConnection:
             notifier.setEnabled(False)
         self._notifiers.clear()
         for pending, _ in self.pending.fail_all("disconnected"):
-            pending.on_error("disconnected from the daemon")
+            guarded(pending.on_error)("disconnected from the daemon")
         if self.client is not None:
             self.client.close()
             self.client = None
@@ -95,7 +118,7 @@ class DaemonConnection:
         if self.client is None:
             return
         try:
-            self.client.drain()
+            self.client.drain()  # every callback it runs is guarded: an error here is the transport's
         except Exception as e:  # a ZMQ error on a closed context etc.: report, never raise into Qt
             self.link.on_hello_failed(f"connection error: {e}")
         if self.client is None:  # a callback closed us
@@ -106,10 +129,19 @@ class DaemonConnection:
                 self._send_hello()
             elif action in ("fail_pending", "give_up"):
                 for pending, _ in self.pending.fail_all(self.link.message):
-                    pending.on_error(self.link.message)
+                    self.forget(pending.request_id)
+                    guarded(pending.on_error)(self.link.message)
         for pending, message in self.pending.expire(now):
-            pending.on_error(message)
+            self.forget(pending.request_id)
+            guarded(pending.on_error)(message)
+        if self.on_tick is not None:
+            guarded(self.on_tick)(now)
         self._changed()
+
+    def forget(self, request_id: str) -> None:
+        """Drop the client's reply callback of a request given up on (else it leaks until the reply)."""
+        if self.client is not None and request_id:
+            self.client.forget(request_id)
 
     def _send_hello(self) -> None:
         def on_reply(msg) -> None:
@@ -131,7 +163,7 @@ class DaemonConnection:
         seen = (self.link.state, self.link.message)
         if seen != self._last_seen:
             self._last_seen = seen
-            self.on_change()
+            guarded(self.on_change)()
 
     # ----------------------------------------------------------------- requests
     @property
@@ -193,7 +225,7 @@ class DaemonConnection:
             on_error(self.not_ready_message())
             return None
         try:
-            stream = self.client.start_drag(on_event=on_event, wait=False, **kwargs)
+            stream = self.client.start_drag(on_event=guarded(on_event), wait=False, **kwargs)
         except Exception as e:
             on_error(f"could not start the drag: {e}")
             return None

@@ -54,7 +54,11 @@ class DragGanDocker(DockWidget):
         layout.addWidget(self.message)
         layout.addStretch(1)
         self.setWidget(root)
-        self.controller.add_listener(self.show_status)
+        listener, controller = self.show_status, self.controller
+        controller.add_listener(listener)
+        # a closed window deletes its docker: stop telling it (the controller also drops a listener
+        # that raises RuntimeError, for a deletion that comes before this signal)
+        self.destroyed.connect(lambda *_: controller.remove_listener(listener))
         self.show_status(self.controller.status)
         if self.controller.status.link_state == "offline":  # connect to the saved daemon at start-up
             QTimer.singleShot(0, self.on_connect)

@@ -164,10 +164,17 @@ class History:
         return removed
 
     def next_drag_number(self) -> int:
-        """N for the next 'Drag N' layer name: one more than the largest N recorded."""
+        """N for the next 'Drag N' layer name: one more than the largest N recorded.
+
+        Unreadable records are skipped: a name must never stop a finished drag from being kept.
+        """
         numbers = [0]
-        for record in self.records():
-            m = re.fullmatch(r"Drag (\d+)", record.layer_name)
+        for layer_id in self.layer_ids():
+            try:
+                record = self.load(layer_id)
+            except HistoryError:
+                continue
+            m = re.fullmatch(r"Drag (\d+)", record.layer_name) if record is not None else None
             if m:
                 numbers.append(int(m.group(1)))
         return max(numbers) + 1

@@ -114,6 +114,11 @@ class KritaDocument:
     def remove_node(node) -> None:
         node.remove()
 
+    @staticmethod
+    def rename_node(node, name: str) -> None:
+        """Not an undo step in Krita: undoing the layer's creation removes it under its new name."""
+        node.setName(name)
+
     def set_active(self, node) -> None:
         self.doc.setActiveNode(node)
 

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 OFFLINE, CONNECTING, READY, LOST, FAILED = "offline", "connecting", "ready", "lost", "failed"
+REQUEST_TIMEOUT_S = 15.0
+COMPUTE_TIMEOUT_S = 180.0  # generate on a CPU daemon can take a while
 
 
 @dataclass
@@ -104,6 +106,7 @@ class Pending:
     on_error: Callable[[str], None]
     deadline: float
     what: str
+    request_id: str = ""  # so the client can forget the reply callback of a request given up on
 
 
 @dataclass
@@ -113,6 +116,7 @@ class PendingRequests:
     items: dict[str, Pending] = field(default_factory=dict)
 
     def add(self, request_id: str, pending: Pending) -> None:
+        pending.request_id = request_id
         self.items[request_id] = pending
 
     def resolve(self, request_id: str) -> Pending | None:

@@ -23,8 +23,8 @@ State=AAAA/wAAAAD9==
 """
 
 
-def run_install(*args: str, home: Path | None = None) -> subprocess.CompletedProcess:
-    env = dict(os.environ, COLUMNS="400")  # --help shows long paths unwrapped
+def run_install(*args: str, home: Path | None = None, **env_extra: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, COLUMNS="400", **env_extra)  # --help shows long paths unwrapped
     if home is not None:
         env.update(HOME=str(home), XDG_DATA_HOME=str(home / "data"), XDG_CONFIG_HOME=str(home / "cfg"))
     return subprocess.run([sys.executable, str(REPO / "install.py"), *args], capture_output=True, text=True,
@@ -130,6 +130,27 @@ def test_plugin_install_is_complete_idempotent_and_uninstalls(tmp_path):
     assert not plugin.exists() and not (pykrita / "krita_draggan.desktop").exists()
     after = kritarc.read_text()
     assert "enable_krita_draggan" not in after and "enable_other_plugin=true" in after
+
+
+def test_an_offline_reinstall_keeps_the_working_vendored_packages(tmp_path):
+    pykrita, kritarc = tmp_path / "pykrita", tmp_path / "kritarc"
+    args = ("--plugin-only", "--krita-dir", str(pykrita), "--kritarc", str(kritarc), "--krita-python", "3.11")
+    assert run_install(*args).returncode == 0
+    vendor = pykrita / "krita_draggan" / "vendor"
+    (vendor / install.VENDOR_MARKER).write_text("{}")  # e.g. an older plugin version's requirements
+    offline = run_install(*args, PIP_NO_INDEX="1", PIP_RETRIES="0",  # pip as on a machine offline
+                          PIP_TIMEOUT="2", PIP_NO_CACHE_DIR="1", PIP_FIND_LINKS="")
+    assert offline.returncode == 2 and "previously vendored packages were kept" in offline.stderr
+    assert (vendor / "zmq").is_dir() and (vendor / "msgpack").is_dir()
+    assert sorted(p.name for p in vendor.parent.iterdir() if p.name.startswith(".vendor")) == []
+
+
+def test_torch_choice_is_said_and_can_be_overridden():
+    assert install.choose_torch(None, False) == (install.CPU_TORCH, "no NVIDIA GPU: CPU build")
+    req, why = install.choose_torch(None, True)
+    assert req == "torch" and "unpinned" in why and "--torch-spec" in why
+    assert install.choose_torch("torch==2.5.1", True) == ("torch==2.5.1", "--torch-spec")
+    assert install.parse_args(["--torch-spec", "torch==2.5.1"]).torch_spec == "torch==2.5.1"
 
 
 def test_default_locations_follow_home_and_xdg(tmp_path):

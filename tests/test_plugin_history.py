@@ -129,3 +129,13 @@ def test_check_model_needs_the_same_model():
         check_model(rec, [{"name": "other"}])
     with pytest.raises(HistoryError, match="expects \\[14, 512\\]"):
         check_model(rec, [{"name": "tiny", "num_ws": 14, "w_dim": 512}])
+
+
+def test_next_drag_number_skips_unreadable_records():
+    """One damaged record must not stop a finished drag from getting its name (review finding 1)."""
+    store = DictStore()
+    history = History(store)
+    history.save(record(UUID_B, kind="drag", layer_name="Drag 2", parent_id=UUID_A))
+    history.save(record())
+    store.write_annotation(meta_key(UUID_A), "", b"{not json")
+    assert history.next_drag_number() == 3

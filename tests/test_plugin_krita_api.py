@@ -84,6 +84,9 @@ class FakeNode:
     def name(self):
         return self._name
 
+    def setName(self, name):
+        self._name = name
+
     def type(self):
         return self._type
 
