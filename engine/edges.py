@@ -59,19 +59,50 @@ def non_max_suppression(magnitude: np.ndarray, gx: np.ndarray, gy: np.ndarray) -
 
 
 def hysteresis(strong: np.ndarray, weak: np.ndarray) -> np.ndarray:
-    """Weak pixels 8-connected (through weak pixels) to a strong one, plus the strong ones."""
-    edges = strong & weak
-    h, w = edges.shape
+    """Weak pixels 8-connected (through weak pixels) to a strong one, plus the strong ones.
+
+    Connected components of the weak pixels, found by vectorised union-find (hook each root to
+    the smallest neighbouring root, then jump pointers) in O(log n) passes, so the cost does not
+    grow with the length of an edge chain; components holding a strong pixel are kept.
+    """
+    weak = np.asarray(weak, dtype=bool)
+    seeds = np.asarray(strong, dtype=bool) & weak
+    h, w = weak.shape
+    flat = np.flatnonzero(weak)
+    if flat.size == 0 or not seeds.any():
+        return np.zeros((h, w), dtype=bool)
+    node = np.full(h * w, -1, dtype=np.int64)
+    node[flat] = np.arange(flat.size)
+    grid = node.reshape(h, w)
+    # The 4 "forward" neighbour directions cover every 8-connected pair once.
+    pairs = [
+        (grid[:, :-1], grid[:, 1:]),
+        (grid[:-1, :], grid[1:, :]),
+        (grid[:-1, :-1], grid[1:, 1:]),
+        (grid[:-1, 1:], grid[1:, :-1]),
+    ]
+    a = np.concatenate([u.ravel() for u, _ in pairs])
+    b = np.concatenate([v.ravel() for _, v in pairs])
+    linked = (a >= 0) & (b >= 0)
+    a, b = a[linked], b[linked]
+    parent = np.arange(flat.size)
     while True:
-        p = np.pad(edges, 1, mode="constant")
-        grown = np.zeros_like(edges)
-        for dy in (-1, 0, 1):
-            for dx in (-1, 0, 1):
-                grown |= p[1 + dy : 1 + dy + h, 1 + dx : 1 + dx + w]
-        grown &= weak
-        if np.array_equal(grown, edges):
-            return edges
-        edges = grown
+        ra, rb = parent[a], parent[b]
+        differ = ra != rb
+        if not differ.any():
+            break
+        lo, hi = np.minimum(ra[differ], rb[differ]), np.maximum(ra[differ], rb[differ])
+        np.minimum.at(parent, hi, lo)  # roots only point down: no cycles
+        while True:  # full path compression: every node points at its root
+            grand = parent[parent]
+            if np.array_equal(grand, parent):
+                break
+            parent = grand
+    keep = np.zeros(flat.size, dtype=bool)
+    keep[parent[node[np.flatnonzero(seeds)]]] = True
+    edges = np.zeros(h * w, dtype=bool)
+    edges[flat] = keep[parent]
+    return edges.reshape(h, w)
 
 
 def canny(image: np.ndarray, low: float = LOW_THRESHOLD, high: float = HIGH_THRESHOLD) -> np.ndarray:

@@ -17,19 +17,22 @@ def motion_loss(
     targets: torch.Tensor,
     disc: torch.Tensor,
     image_size: int,
+    active_distance: float = ACTIVE_DISTANCE,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Σ_i mean_{q ∈ Ω1(p_i)} |F(q).detach() − F(q + d_i)|, all handles in one batched sample.
 
     features: [1, C, fh, fw] with grad; points, targets: [N, 2] (x, y) image pixels (points
     integer-valued after tracking); disc: [K, 2] integer offsets of Ω1. Disc pixels outside the
     image are left out of the mean (as the reference, whose disc comes from the image grid);
-    shifted samples q + d_i that fall outside read the border value. Handles within 1 px of
-    their target contribute exactly zero (and zero gradient).
+    shifted samples q + d_i that fall outside read the border value. Handles within
+    `active_distance` of their target contribute exactly zero (and zero gradient); the session
+    passes min(1 px, stop distance), so a stop distance below 1 px is still reachable.
+    `features` are used as given: callers cast them to float32 once (not once per sample).
     Returns (loss, distances [N] from each point to its target).
     """
     direction = targets - points
     distances = direction.norm(dim=1)
-    active = (distances > ACTIVE_DISTANCE).to(torch.float32)
+    active = (distances > active_distance).to(torch.float32)
     unit = direction / distances.clamp_min(1e-7)[:, None]
     q = points[:, None, :] + disc[None, :, :]  # [N, K, 2]
     valid = inside_image(q, image_size).to(torch.float32)  # [N, K]

@@ -9,6 +9,8 @@ near edge pixels go to the first in row-major order.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .edges import HIGH_THRESHOLD, LOW_THRESHOLD, canny
@@ -24,12 +26,23 @@ def nearest_edge_adjust(
 ) -> np.ndarray:
     """Adjusted handles [N, 2] (x, y) float64; `image` is H×W×3 or H×W on a 0-255 scale."""
     pts = np.asarray(handles, dtype=np.float64).reshape(-1, 2)
-    ys, xs = np.nonzero(canny(image, low, high))
-    if xs.size == 0:
-        return pts.copy()
-    edge = np.stack([xs, ys], axis=1).astype(np.float64)  # [E, 2] row-major order
-    d2 = ((pts[:, None, :] - edge[None, :, :]) ** 2).sum(axis=2)  # [N, E]
-    best = d2.argmin(axis=1)
-    within = d2[np.arange(len(pts)), best] <= radius * radius
-    moved = pts + rate * (edge[best] - pts)
-    return np.where(within[:, None], moved, pts)
+    if not np.isfinite(pts).all() or math.isnan(radius):
+        raise ValueError("handles and radius must be finite numbers")
+    edges = canny(image, low, high)
+    h, w = edges.shape
+    out = pts.copy()
+    for i, (x, y) in enumerate(pts):
+        # Only edge pixels in the handle's R3 box can be within R3: O(R3²) per handle, never [N, E].
+        x0, x1 = math.ceil(max(0.0, x - radius)), math.floor(min(w - 1.0, x + radius))
+        y0, y1 = math.ceil(max(0.0, y - radius)), math.floor(min(h - 1.0, y + radius))
+        if x0 > x1 or y0 > y1:
+            continue
+        ys, xs = np.nonzero(edges[y0 : y1 + 1, x0 : x1 + 1])  # row-major, as over the whole image
+        if xs.size == 0:
+            continue
+        ex, ey = xs + float(x0), ys + float(y0)
+        d2 = (ex - x) ** 2 + (ey - y) ** 2
+        best = int(d2.argmin())
+        if d2[best] <= radius * radius:
+            out[i] = pts[i] + rate * (np.array([ex[best], ey[best]]) - pts[i])
+    return out

@@ -34,7 +34,8 @@ class DragParams:
     lam: weight of the mask term (only used with a mask).
     lr: Adam step size (paper: 2e-3 for FFHQ/AFHQ-Cat/LSUN-Car models, 1e-3 for others).
     stop_distance: done when every handle is within it of its target; None = 1 px for
-        <= 5 handles, else 2 px (paper).
+        <= 5 handles, else 2 px (paper). Below 1 px, handles keep their motion loss down to it
+        (0 never stops while a handle is off its target, as the speed benchmark wants).
     feature_block: 1-based synthesis block whose output is F (6 = b128 at >= 256 px;
         clamped to the last block for smaller models).
     nearest / nearest_radius / nearest_rate: seed 004's "Nearest" handle pre-adjustment;

@@ -26,7 +26,8 @@ def sample_features(features: torch.Tensor, xy: torch.Tensor, image_size: int) -
     """Bilinear feature values at image-pixel positions.
 
     features: [1, C, fh, fw]; xy: [..., 2] (x, y) in pixels of an image_size² image.
-    Returns [C, ...] in float32 (positions outside the image read the border value).
+    Returns [C, ...] in float32 (positions outside the image read the border value). The cast
+    of float32 features is free; the drag step casts autocast's half-precision map once itself.
     """
     lead = xy.shape[:-1]
     grid = pixel_to_grid(xy.reshape(1, 1, -1, 2).to(torch.float32), image_size)

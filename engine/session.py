@@ -29,7 +29,7 @@ from .errors import DragInputError
 from .fast_step import GraphedCompute, autocast_context, check_graph_device, features_with_fixed_tail
 from .latent import generator_device, latent_from_seed, render_latent
 from .latent_variable import LatentVariable
-from .losses import fixed_region_weight, mask_loss, motion_loss
+from .losses import ACTIVE_DISTANCE, fixed_region_weight, mask_loss, motion_loss
 from .nearest import nearest_edge_adjust
 from .params import DragParams
 from .sampling import disc_offsets, sample_features, window_offsets
@@ -300,15 +300,19 @@ class DragSession:
             features = features_with_fixed_tail(
                 self.G, variable.head(), variable.base, self._feature_name, p.noise_mode
             )
+        features = features.to(torch.float32)  # once: tracking, both loss samples and the mask use it
         with torch.no_grad():
             ws = variable.ws()
             points = track_points(
                 features.detach(), self._points, self._templates, self._window, self.resolution, p.tracking
             )
-        loss, distances = motion_loss(features, points, self._targets, self._disc, self.resolution)
+        stop = p.stop_px(len(self._points_np))
+        loss, distances = motion_loss(
+            features, points, self._targets, self._disc, self.resolution, min(ACTIVE_DISTANCE, stop)
+        )
         if self._fixed_weight is not None and p.lam > 0:
             loss = loss + p.lam * mask_loss(features, self._features0, self._fixed_weight)
-        done = (distances <= p.stop_px(len(self._points_np))).all()
+        done = (distances <= stop).all()
         (grad,) = torch.autograd.grad(loss, [variable.param], allow_unused=True)
         if grad is None:
             grad = torch.zeros_like(variable.param)

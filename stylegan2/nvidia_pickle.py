@@ -22,8 +22,9 @@ from __future__ import annotations
 import _compat_pickle
 import collections
 import io
+import math
 import pickle
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .model_file import ModelFileError
+from .model_file import CONFIG_ERRORS, ModelFileError, check_generator_fits
+from .model_file import check_config_fits as check_config_fits  # re-exported (moved to model_file)
 from .networks import Generator
 
 
@@ -51,6 +53,16 @@ TF_CONVERT_HINT = (
     "(`python legacy.py --source=IN.pkl --dest=OUT.pkl`), then run "
     "`draggan convert OUT.pkl model.safetensors`"
 )
+
+# What the stand-ins below may build per byte of file, plus slack for the small records. A genuine
+# protocol-2 pickle makes two copies of its tensor data (latin-1 bytes, then the storage); a pickle
+# that reuses one stored object via the memo to call a stand-in many times is stopped by this.
+_OUTPUT_BYTES_PER_FILE_BYTE = 2
+_OUTPUT_BYTES_SLACK = 16 * 1024 * 1024
+_ENTRY_BYTES = 64  # charged per element of a container a stand-in builds
+# Bounds on the recorded constructor arguments (genuine ones are a few dozen values, depth <= 3).
+_MAX_CONFIG_VALUES = 10_000
+_MAX_CONFIG_DEPTH = 32
 
 # The generator's positional constructor arguments, in NVIDIA's order.
 _GENERATOR_POSITIONAL = ("z_dim", "c_dim", "w_dim", "img_resolution", "img_channels", "mapping_kwargs")
@@ -94,8 +106,27 @@ class PersistentRecord:
         return modules
 
 
-class _EasyDictRecord(dict):
-    """Stand-in for `dnnlib.util.EasyDict` (a dict subclass); converted to a dict afterwards."""
+class _FrozenClass(type):
+    """Metaclass of classes handed to the unpickler: a BUILD opcode cannot set attributes on them."""
+
+    def __setattr__(cls, name: str, value: Any) -> None:
+        raise ModelFileError(f"malformed pickle: attribute {name!r} set on the class {cls.__name__}")
+
+    def __delattr__(cls, name: str) -> None:
+        raise ModelFileError(f"malformed pickle: attribute {name!r} deleted from the class {cls.__name__}")
+
+
+class _EasyDictRecord(dict, metaclass=_FrozenClass):
+    """Stand-in for `dnnlib.util.EasyDict` (a dict subclass); converted to a dict afterwards.
+
+    Genuine pickles create it with NEWOBJ (no arguments) and fill it with SETITEMS; calling it
+    with arguments would copy them, so that is refused.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        if args or kwargs:
+            raise ModelFileError("malformed pickle: EasyDict called with arguments")
+        super().__init__()
 
 
 class _Storage(_Inert):
@@ -165,7 +196,11 @@ def _reconstruct_persistent_obj(meta: Any) -> PersistentRecord:
 
 
 def _checked_view(storage: Any, offset: Any, size: Any, stride: Any) -> torch.Tensor:
-    """torch.as_strided on a parsed storage, after proving the view stays inside it."""
+    """torch.as_strided on a parsed storage, after proving the view stays inside it.
+
+    A view may not have more elements than its storage: a zero stride would otherwise let a tiny
+    storage stand for a huge tensor (and a generator config of that size pass the size checks).
+    """
     if not isinstance(storage, _Storage):
         raise ModelFileError(f"malformed tensor: storage is a {type(storage).__name__}")
     if (
@@ -187,6 +222,10 @@ def _checked_view(storage: Any, offset: Any, size: Any, stride: Any) -> torch.Te
             )
     elif offset > numel:
         raise ModelFileError("malformed tensor: offset outside its storage")
+    if math.prod(size) > numel:
+        raise ModelFileError(
+            f"malformed tensor: a view of {math.prod(size)} elements of a {numel}-element storage"
+        )
     return torch.as_strided(storage.data, tuple(size), tuple(stride), offset)
 
 
@@ -236,6 +275,59 @@ def _load_storage_blob(blob: Any) -> _Storage:
     return _parse_legacy_storage(bytes(blob))
 
 
+def _output_bytes(value: Any) -> int:
+    """Roughly the memory a stand-in's result takes (what the per-load budget is charged)."""
+    if isinstance(value, bytes | bytearray):
+        return len(value)
+    if isinstance(value, _Storage):
+        return value.data.nbytes
+    if isinstance(value, PersistentRecord):
+        return _ENTRY_BYTES * (1 + len(value.state))
+    if isinstance(value, set | frozenset | dict):
+        return _ENTRY_BYTES * (1 + len(value))
+    return _ENTRY_BYTES
+
+
+class _OutputBudget:
+    """Bytes the stand-ins of one load may still build; refuses the load when they run out."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = self.left = limit
+
+    def charge(self, nbytes: int) -> None:
+        self.left -= nbytes
+        if self.left < 0:
+            raise ModelFileError(
+                f"malformed pickle: it expands to more than {self.limit:,} bytes of data "
+                "(stored objects reused many times)"
+            )
+
+
+class _StandIn:
+    """One allowed global as handed to one unpickler: calls the stand-in and charges the budget.
+
+    find_class makes a fresh one per lookup and it refuses attributes and state, so a BUILD
+    opcode cannot change a loader object that later loads (or other lookups) would see.
+    """
+
+    __slots__ = ("_budget", "_func")
+
+    def __init__(self, func: Callable[..., Any], budget: _OutputBudget) -> None:
+        object.__setattr__(self, "_func", func)
+        object.__setattr__(self, "_budget", budget)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        result = self._func(*args, **kwargs)
+        self._budget.charge(_output_bytes(result))
+        return result
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise ModelFileError(f"malformed pickle: attribute {name!r} set on a global")
+
+    def __setstate__(self, state: Any) -> None:
+        raise ModelFileError("malformed pickle: state applied to a global")
+
+
 _OUTER_GLOBALS: dict[tuple[str, str], Callable[..., Any]] = {
     ("torch_utils.persistence", "_reconstruct_persistent_obj"): _reconstruct_persistent_obj,
     ("collections", "OrderedDict"): collections.OrderedDict,
@@ -271,13 +363,19 @@ def _refuse(module: str, name: str, where: str) -> UnsafePickleError:
 class _NetworkUnpickler(pickle.Unpickler):
     """The outer pickle: allow-listed globals only, each mapped to a data-only stand-in."""
 
+    def __init__(self, file: io.BytesIO, budget: _OutputBudget) -> None:
+        super().__init__(file)
+        self._budget = budget
+
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) == TF_NETWORK_GLOBAL:
             raise TensorFlowPickleError(TF_CONVERT_HINT)
         try:
-            return _OUTER_GLOBALS[_python3_name(module, name)]
+            func = _OUTER_GLOBALS[_python3_name(module, name)]
         except KeyError:
             raise _refuse(module, name, "the pickle") from None
+        # EasyDict must stay a class (NEWOBJ needs one); its metaclass refuses attribute setting.
+        return func if func is _EasyDictRecord else _StandIn(func, self._budget)
 
     def persistent_load(self, pid: Any) -> Any:
         raise UnsafePickleError(
@@ -401,7 +499,8 @@ def read_network_pickle(path: str | Path) -> NetworkPickle:
         raise ModelFileError(f"{path}: empty file")
     try:
         f = io.BytesIO(data)
-        obj = _NetworkUnpickler(f).load()
+        budget = _OutputBudget(_OUTPUT_BYTES_PER_FILE_BYTE * len(data) + _OUTPUT_BYTES_SLACK)
+        obj = _NetworkUnpickler(f, budget).load()
         if f.tell() != len(data):
             raise ModelFileError(f"unexpected data after the end of the pickle (at byte {f.tell()})")
         key, record = _select_generator(obj)
@@ -463,12 +562,23 @@ def _named_tensors(record: PersistentRecord, prefix: str = "") -> Iterator[tuple
         yield from _named_tensors(child, f"{prefix}{name}.")
 
 
-def _plain(value: Any) -> Any:
-    """EasyDict records and tuples -> plain dicts and lists (JSON-friendly config)."""
+def _plain(value: Any, counter: list[int] | None = None, depth: int = 0) -> Any:
+    """EasyDict records and tuples -> plain dicts and lists (JSON-friendly config).
+
+    The copy is bounded in size and depth: a self-referencing or memo-amplified argument record
+    (a list holding itself, or one list referenced a million times) is refused, not expanded.
+    """
+    counter = [0] if counter is None else counter
+    counter[0] += 1
+    if counter[0] > _MAX_CONFIG_VALUES or depth > _MAX_CONFIG_DEPTH:
+        raise ModelFileError(
+            "the generator's recorded constructor arguments are too large or too deeply nested "
+            "(a damaged file)"
+        )
     if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): _plain(v, counter, depth + 1) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
+        return [_plain(v, counter, depth + 1) for v in value]
     return value
 
 
@@ -480,11 +590,12 @@ def generator_kwargs(record: PersistentRecord) -> dict[str, Any]:
         raise ModelFileError("the generator's recorded constructor arguments are malformed")
     if len(args) > len(_GENERATOR_POSITIONAL):
         raise ModelFileError(f"the generator was built with {len(args)} positional arguments (unsupported)")
-    kwargs = _plain(kwargs)
+    counter = [0]
+    kwargs = _plain(kwargs, counter)
     for name, value in zip(_GENERATOR_POSITIONAL, args):
         if name in kwargs:
             raise ModelFileError(f"the generator's argument {name} is recorded twice")
-        kwargs[name] = _plain(value)
+        kwargs[name] = _plain(value, counter)
     if kwargs.get("resize", 0) is None:  # DragGAN's Generator(resize=None): nothing to do
         del kwargs["resize"]
     missing = [k for k in _GENERATOR_REQUIRED if not isinstance(kwargs.get(k), int)]
@@ -493,49 +604,34 @@ def generator_kwargs(record: PersistentRecord) -> dict[str, Any]:
     return kwargs
 
 
-def check_config_fits(config: Any, stored_numel: int) -> None:
-    """Refuse a config that cannot match the stored weights, before allocating anything.
-
-    A damaged or hostile config could otherwise ask for a generator of any size. This uses a
-    lower bound of the weight count (convolutions with 1x1 kernels, square mapping layers), so
-    every genuine file passes; the exact names and shapes are checked after building.
-    """
-    if not isinstance(config, dict):
-        raise ModelFileError(f"the generator config is a {type(config).__name__}, not a dict")
-    flat = {**(config.get("synthesis_kwargs") or {}), **config}
-    mapping = config.get("mapping_kwargs") or {}
-    values = {
-        "img_resolution": flat.get("img_resolution"),
-        "w_dim": flat.get("w_dim"),
-        "channel_base": flat.get("channel_base", 32768),
-        "channel_max": flat.get("channel_max", 512),
-        "num_layers": mapping.get("num_layers", 8) if isinstance(mapping, dict) else None,
-    }
-    bad = [k for k, v in values.items() if not isinstance(v, int) or isinstance(v, bool) or v < 0]
-    if bad:
-        raise ModelFileError(f"the generator config has invalid {bad}")
-    res, layers = values["img_resolution"], values["num_layers"]
-    if not 4 <= res <= 2**16 or not 1 <= layers <= 256:
-        raise ModelFileError(f"unsupported generator config (img_resolution {res}, {layers} mapping layers)")
-    resolutions = [2**i for i in range(2, res.bit_length())]
-    ch = {r: min(values["channel_base"] // r, values["channel_max"]) for r in resolutions}
-    lower = sum(ch.get(r // 2, 0) * ch[r] + ch[r] ** 2 for r in resolutions)
-    lower += values["w_dim"] ** 2 * (layers - 1)
-    if lower > stored_numel:
-        raise ModelFileError(
-            f"the config describes a generator with at least {lower:,} weights, "
-            f"but the file holds only {stored_numel:,}"
-        )
+def stored_numel(tensors: Iterable[torch.Tensor]) -> int:
+    """Elements the file actually holds for these tensors: each distinct storage counted once."""
+    storages: dict[int, int] = {}
+    for t in tensors:
+        storage = t.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes() // t.element_size()
+    return sum(storages.values())
 
 
 def build_generator(net: NetworkPickle) -> Generator:
-    """Our Generator with the pickle's config and weights, in eval mode on the CPU."""
-    kwargs = generator_kwargs(net.generator)
-    check_config_fits(kwargs, sum(t.numel() for t in net.tensors.values()))
+    """Our Generator with the pickle's config and weights, in eval mode on the CPU.
+
+    The config is proven to describe exactly the stored tensors (on the meta device) before the
+    generator is built, so a damaged or hostile file cannot make this allocate more than it holds.
+    """
     try:
-        G = Generator(**kwargs)
-    except (TypeError, ValueError, KeyError) as e:
-        raise ModelFileError(f"unsupported generator configuration {kwargs}: {e}"[:600]) from None
+        return _build_generator(net)
+    except ModelFileError:
+        raise
+    except CONFIG_ERRORS as e:  # e.g. a failed allocation or an absurd value deep inside
+        raise ModelFileError(f"cannot build the generator ({type(e).__name__}: {e})"[:600]) from None
+
+
+def _build_generator(net: NetworkPickle) -> Generator:
+    kwargs = generator_kwargs(net.generator)
+    shapes = {name: tuple(t.shape) for name, t in net.tensors.items()}
+    check_generator_fits(kwargs, shapes, stored_numel(net.tensors.values()))
+    G = Generator(**kwargs)
     recorded_num_ws = net.generator.state.get("num_ws")
     if recorded_num_ws is not None and recorded_num_ws != G.num_ws:
         raise ModelFileError(

@@ -218,3 +218,15 @@ def test_mask_loss_ignores_changes_in_the_allowed_region() -> None:
     changed_fixed = f0.clone()
     changed_fixed[..., 3] = 4.0
     assert mask_loss(changed_fixed, f0, fixed).item() == pytest.approx(4.0 * 8 / 32)
+
+
+def test_motion_loss_active_distance_below_one_pixel() -> None:
+    torch.manual_seed(8)
+    feats = torch.randn(1, 4, 16, 16, requires_grad=True)
+    pts, tgt = torch.tensor([[30.0, 30.0]]), torch.tensor([[30.7, 30.0]])
+    assert motion_loss(feats, pts, tgt, disc_offsets(3.0), 64)[0].item() == 0.0  # default: 1 px
+    loss, _ = motion_loss(feats, pts, tgt, disc_offsets(3.0), 64, active_distance=0.5)
+    (grad,) = torch.autograd.grad(loss, feats)
+    assert loss.item() > 0 and torch.count_nonzero(grad) > 0
+    exact, _ = motion_loss(feats, pts, pts, disc_offsets(3.0), 64, active_distance=0.0)
+    assert exact.item() == 0.0  # a handle on its target adds nothing even with 0

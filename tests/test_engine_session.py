@@ -278,3 +278,15 @@ def test_nearest_option_moves_handles_toward_edges_of_the_rendered_image(G: Gene
     s = session(G, handles=given, targets=[(34.0, 30.0), (40.0, 20.0)], nearest=True)
     want = nearest_edge_adjust(s.render(), given, radius=40.0 * RES / 512, rate=0.8)
     np.testing.assert_array_equal(s.handles, want)
+
+
+def test_stop_distance_below_one_pixel_still_drives_the_handle(G: Generator) -> None:
+    """A handle between the stop distance and 1 px keeps its motion loss (else it could never stop)."""
+    s = session(G, handles=[(30.0, 30.0)], targets=[(30.7, 30.0)], stop_distance=0.5)
+    w0 = s.latent()
+    r = s.step()  # step 1 tracks on F0: the handle stays on its pixel, 0.7 px from the target
+    assert r.distances[0] == pytest.approx(0.7, abs=1e-5) and not r.done
+    assert r.loss > 0
+    s.step()  # latent() is now the result of step 1's update
+    assert np.abs(s.latent() - w0).max() > 0  # the update was not a zero-gradient no-op
+    assert session(G, handles=[(30.0, 30.0)], targets=[(30.7, 30.0)], stop_distance=None).step().done

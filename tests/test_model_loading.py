@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import codecs
+import collections
 import io
 import json
 import os
 import pickle
 import pickletools
+import re
+import subprocess
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -51,6 +57,7 @@ def nvidia_pickle_bytes(G: Generator, **kwargs: object) -> bytes:
     return buf.getvalue()
 
 
+REPO = Path(__file__).resolve().parent.parent
 G_SMALL = small_generator()
 PICKLE_BYTES = nvidia_pickle_bytes(G_SMALL, include_D=True)
 
@@ -292,3 +299,224 @@ def test_oversized_config_is_refused_before_allocating(tmp_path: Path) -> None:
     save_nvidia_pickle(G, pkl)
     with pytest.raises(ModelFileError, match=r"at least .* weights, but the file holds only"):
         load_model(pkl)
+
+
+# ---------------------------------------------------------------------------------------------
+# Files that would make the loader allocate far more than they hold, or crash it.
+# They are loaded in a child process whose address space is capped at ~1 GiB above what it uses
+# after loading a genuine file: an attempt to build the huge generator (or the many copies) there
+# fails; the tests require the specific size/config error that comes *before* any such attempt.
+
+
+class _Reduce:
+    """Pickles as `func(*args)`."""
+
+    def __init__(self, func: object, *args: object) -> None:
+        self.func, self.args = func, args
+
+    def __reduce__(self) -> tuple[object, tuple[object, ...]]:
+        return self.func, self.args
+
+
+def crafted_pickle(G: Generator, edit: Callable[[dict], None] | None = None, **config: object) -> bytes:
+    """G as the NVIDIA-layout writer pickles it, with its config updated by `config` and its
+    record tree (the generator's state dict) changed in place by `edit` before writing."""
+    from stylegan2 import nvidia_export as nx
+
+    root = nx._persistent(G, "", legacy_layout=False, init_kwargs={**G.init_kwargs, **config})
+    if edit is not None:
+        edit(root.meta["state"])
+    renamed = {
+        id(nx._reconstruct_persistent_obj): ("torch_utils.persistence", "_reconstruct_persistent_obj"),
+        id(nx._EasyDict): ("dnnlib.util", "EasyDict"),
+    }
+    buf = io.BytesIO()
+    nx._NvidiaLayoutPickler(buf, 4, renamed).dump({"G_ema": root})
+    return buf.getvalue()
+
+
+def module_state(state: dict, dotted: str) -> dict:
+    for name in dotted.split("."):
+        state = state["_modules"][name].meta["state"]
+    return state
+
+
+def typed_storage(values: torch.Tensor) -> torch.storage.TypedStorage:
+    """A storage as network pickles store it (one object: pickled once, then memo references)."""
+    storage = values.untyped_storage()
+    return torch.storage.TypedStorage(wrap_storage=storage, dtype=values.dtype, _internal=True)
+
+
+def view_of(storage: torch.storage.TypedStorage, size: tuple[int, ...], stride: tuple[int, ...]) -> _Reduce:
+    """A tensor record `_rebuild_tensor_v2(storage, 0, size, stride)` with a chosen stride."""
+    hooks = collections.OrderedDict()
+    return _Reduce(torch._utils._rebuild_tensor_v2, storage, 0, size, stride, False, hooks)
+
+
+def safetensors_with_config(tmp_path: Path, name: str, **config: object) -> Path:
+    """G_SMALL's weights with a changed config (what a damaged or hostile file could hold)."""
+    from safetensors.torch import save_file
+
+    path = tmp_path / name
+    meta = {
+        "format": "krita-draggan/stylegan2-generator",
+        "format_version": "1",
+        "config": json.dumps({**G_SMALL.init_kwargs, **config}),
+        "extra": "{}",
+    }
+    save_file({k: v.contiguous() for k, v in G_SMALL.state_dict().items()}, str(path), metadata=meta)
+    return path
+
+
+GIB = 2**30
+HUGE = 2**26  # x 16 features x 4 bytes = 4 GiB for one weight
+
+LOAD_UNDER_MEMORY_LIMIT = r"""
+import json, resource, sys
+from stylegan2.loading import load_model
+from stylegan2.model_file import ModelFileError, load_generator
+
+def vm_size():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:"))
+
+load_model(sys.argv[1])  # warm up (lazy imports, the meta device) before the cap
+limit = vm_size() + int(sys.argv[2])
+resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+out = {}
+for spec in sys.argv[3:]:
+    loader, path = spec.split(":", 1)
+    try:
+        (load_model if loader == "load_model" else load_generator)(path)
+        out[spec] = ["loaded", ""]
+    except Exception as e:
+        out[spec] = [type(e).__name__ if not isinstance(e, ModelFileError) else "ModelFileError", str(e)]
+out["peak_growth_mib"] = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024
+print(json.dumps(out))
+"""
+
+
+def test_files_asking_for_huge_memory_are_refused_before_allocating(tmp_path: Path) -> None:
+    """Findings: config fields outside the old bounds (z_dim, c_dim, img_channels, layer_features,
+    resample_filter), zero-stride views, and memo reuse of one stored object."""
+    control_st = tmp_path / "control.safetensors"
+    save_generator(G_SMALL, control_st)
+    control_pkl = write(tmp_path, "control.pkl", nvidia_pickle_bytes(G_SMALL, protocol=2))
+    shape_error = r"has shape \[.*\], expected \[|weights do not match"
+    cases: dict[str, str] = {  # "loader:path" -> the error required (None: must load)
+        f"load_model:{control_st}": "",
+        f"load_model:{control_pkl}": "",
+    }
+    for field, value in [
+        ("z_dim", HUGE),
+        ("c_dim", HUGE),
+        ("img_channels", HUGE),
+        ("mapping_kwargs", {"num_layers": 2, "layer_features": 2**15}),
+        ("resample_filter", [1] * 2**13),  # 2**26-element buffers
+    ]:
+        path = safetensors_with_config(tmp_path, f"{field}.safetensors", **{field: value})
+        cases[f"load_model:{path}"] = shape_error
+        cases[f"load_generator:{path}"] = shape_error  # model_file's loader checks by itself too
+        pkl = write(tmp_path, f"{field}.pkl", crafted_pickle(G_SMALL, **{field: value}))
+        cases[f"load_model:{pkl}"] = shape_error
+
+    def zero_stride(state: dict) -> None:  # a 1-element storage standing for a 4 GiB weight
+        weight = view_of(typed_storage(torch.zeros(1)), (16, HUGE), (0, 0))
+        module_state(state, "mapping.fc0")["_parameters"]["weight"] = weight
+
+    pkl = write(tmp_path, "zero-stride.pkl", crafted_pickle(G_SMALL, zero_stride, z_dim=HUGE))
+    cases[f"load_model:{pkl}"] = r"a view of 1073741824 elements of a 1-element storage"
+
+    text = "x" * (8 * 2**20)
+    buf = io.BytesIO()
+    torch.save(typed_storage(torch.zeros(2 * 2**20)), buf, _use_new_zipfile_serialization=False)
+    blob, numbers, pairs = buf.getvalue(), list(range(2**20)), [(i, i) for i in range(2**18)]
+    reused = {  # files of 3-8 MiB that call a stand-in many times on one memoised argument: > 1.5 GiB
+        "codecs": [_Reduce(codecs.encode, text, "latin1") for _ in range(200)],
+        "storage": [_Reduce(torch.storage._load_from_bytes, blob) for _ in range(200)],
+        "set": [_Reduce(set, numbers) for _ in range(40)],
+        "ordereddict": [_Reduce(collections.OrderedDict, pairs) for _ in range(80)],
+    }
+    for name, calls in reused.items():
+        path = write(tmp_path, f"reuse-{name}.pkl", pickle.dumps({"G_ema": calls}, protocol=4))
+        cases[f"load_model:{path}"] = r"malformed pickle: it expands to more than [\d,]+ bytes"
+
+    result = subprocess.run(
+        [sys.executable, "-c", LOAD_UNDER_MEMORY_LIMIT, str(control_pkl), str(GIB), *cases],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = json.loads(result.stdout.splitlines()[-1])
+    for spec, expected in cases.items():  # every file is checked (genuine ones load under the cap)
+        kind, message = out[spec]
+        if not expected:
+            assert kind == "loaded", (spec, message)
+        else:
+            assert kind == "ModelFileError" and re.search(expected, message), (spec, kind, message[:300])
+    assert out["peak_growth_mib"] < 256
+
+
+# ---------------------------------------------------------------------------------------------
+# Files that used to crash the loader with something other than ModelFileError
+
+
+def test_self_referencing_init_kwargs_give_model_file_error(tmp_path: Path) -> None:
+    def self_reference(state: dict) -> None:
+        state["_init_kwargs"]["mapping_kwargs"] = state["_init_kwargs"]
+
+    path = write(tmp_path, "loop.pkl", crafted_pickle(G_SMALL, self_reference))
+    with pytest.raises(ModelFileError, match="too large or too deeply nested"):
+        load_model(path)
+
+
+def test_memo_amplified_init_kwargs_give_model_file_error(tmp_path: Path) -> None:
+    """Nine nested lists of ten references each: 10**9 values if expanded."""
+    nested: list = [1] * 10
+    for _ in range(8):
+        nested = [nested] * 10
+
+    def amplify(state: dict) -> None:
+        state["_init_kwargs"]["resample_filter"] = nested
+
+    path = write(tmp_path, "wide.pkl", crafted_pickle(G_SMALL, amplify))
+    assert path.stat().st_size < 100_000
+    with pytest.raises(ModelFileError, match="too large or too deeply nested"):
+        load_model(path)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [{"z_dim": -3}, {"z_dim": 2**70}, {"mapping_kwargs": {"num_layers": 2, "layer_features": -5}}],
+    ids=["negative-z_dim", "overflowing-z_dim", "negative-layer_features"],
+)
+def test_configs_torch_rejects_give_model_file_error(tmp_path: Path, config: dict) -> None:
+    """torch raises RuntimeError / TypeError for these while building; both loaders explain."""
+    st_path = safetensors_with_config(tmp_path, "bad.safetensors", **config)
+    with pytest.raises(ModelFileError, match="invalid generator config"):
+        load_model(st_path)
+    pkl = write(tmp_path, "bad.pkl", crafted_pickle(G_SMALL, **config))
+    with pytest.raises(ModelFileError, match="invalid generator config"):
+        load_model(pkl)
+
+
+def test_tensors_sharing_one_storage_count_once(tmp_path: Path) -> None:
+    """Every tensor a view of the same stored data: the file holds far less than the generator."""
+    shared = typed_storage(torch.randn(max(t.numel() for t in G_SMALL.state_dict().values())))
+
+    def share(state: dict) -> None:
+        for group in ("_parameters", "_buffers"):
+            for name, t in list(state[group].items()):
+                if t is not None:
+                    contiguous = tuple(torch.empty(t.shape).stride())
+                    state[group][name] = view_of(shared, tuple(t.shape), contiguous)
+        for child in state["_modules"].values():
+            share(child.meta["state"])
+
+    path = write(tmp_path, "shared.pkl", crafted_pickle(G_SMALL, share))
+    with pytest.raises(ModelFileError, match=r"file holds only [\d,]+ \(tensors that repeat stored data\)"):
+        load_model(path)

@@ -467,3 +467,34 @@ def test_positional_init_args_and_draggan_resize() -> None:
     record.state["_init_kwargs"]["z_dim"] = 8
     with pytest.raises(ModelFileError, match="recorded twice"):
         generator_kwargs(record)
+
+
+# ---------------------------------------------------------------------------------------------
+# A pickle cannot change the loader for later loads
+
+
+# BUILD with slot state on the EasyDict class: setattr(EasyDict, "items", OrderedDict) (70 bytes).
+SET_CLASS_ATTRIBUTE = (
+    b"\x80\x02cdnnlib.util\nEasyDict\nN}X\x05\x00\x00\x00itemsccollections\nOrderedDict\ns\x86b."
+)
+# BUILD on a function global: _codecs.encode.__defaults__ = ("utf8",).
+SET_FUNCTION_DEFAULTS = (
+    b"\x80\x02c_codecs\nencode\nN}X\x0c\x00\x00\x00__defaults__X\x04\x00\x00\x00utf8\x85s\x86b."
+)
+
+
+@pytest.mark.parametrize("evil", [SET_CLASS_ATTRIBUTE, SET_FUNCTION_DEFAULTS], ids=["class", "function"])
+def test_pickle_cannot_change_loader_objects(tmp_path: Path, evil: bytes) -> None:
+    assert len(evil) <= 70
+    path = tmp_path / "evil.pkl"
+    path.write_bytes(evil)
+    with pytest.raises(ModelFileError, match=r"malformed pickle: (attribute 'items' set|state applied)"):
+        read_network_pickle(path)
+    from stylegan2 import nvidia_pickle
+
+    assert "items" not in vars(nvidia_pickle._EasyDictRecord)
+    assert nvidia_pickle._latin1_bytes.__defaults__ == ("latin1",)
+    G = small_generator(9)  # a genuine pickle (EasyDict kwargs, protocol 2) still loads exactly
+    good = tmp_path / "good.pkl"
+    save_nvidia_pickle(G, good, protocol=2)
+    assert_same_generator(G, load_network_pickle(good))

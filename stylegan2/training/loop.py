@@ -1,8 +1,10 @@
 """The StyleGAN2 training loop: phases, EMA, logging, sample grids, checkpoints, export.
 
 Built for short, interruptible GPU sessions: `minutes` is a wall-clock budget after which the
-loop checkpoints and returns, and a run resumed from a full checkpoint continues exactly as
-if it had never stopped (same weights, optimiser moments, augmentation state, RNG streams).
+loop checkpoints and returns, and a run resumed from a full checkpoint continues with the same
+weights, optimiser moments, augmentation state and RNG streams. That resume is exact only once
+the dataset is complete: while a streamed dataset (the heads set) is still filling, batches
+are drawn from the images ready so far, and how many are ready at each step depends on timing.
 
 Per step nothing is read back to the host; losses are averaged on the device and fetched
 every `log_every` steps (the only sync point, where streamed heads are also taken in).
