@@ -30,21 +30,14 @@ from typing import Any
 
 import numpy as np
 
+from stylegan2.heads.render import LANDMARK_NAMES as _ALL_LANDMARKS
+
+CORE_LANDMARKS: tuple[str, ...] = _ALL_LANDMARKS[:10]  # the detector's landmarks, render order
+
 POINT_SUBSETS: dict[int, tuple[str, ...]] = {
     1: ("nose_tip",),
     5: ("nose_tip", "eye_left", "eye_right", "mouth_left", "mouth_right"),
-    10: (
-        "nose_tip",
-        "chin",
-        "mouth_left",
-        "mouth_right",
-        "upper_lip",
-        "lower_lip",
-        "eye_left",
-        "eye_right",
-        "brow_left",
-        "brow_right",
-    ),
+    10: CORE_LANDMARKS,
 }
 VARIANTS: dict[str, dict[str, Any]] = {
     "plain": {},  # the paper: L1 tracking, no mask
