@@ -44,6 +44,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "nearest": {"nearest": True},
     "l2": {"tracking": "l2"},
     "mask": {},  # plain + the disc mask
+    "cudagraph": {"compile": "cudagraph"},  # plain, with the CUDA-graph step (CUDA only): same quality?
 }
 TARGET_RATIO = {1: 0.15, 5: 0.25, 10: 0.25}  # after / no-edit goals of the demo model
 DETECT_BATCH = 16  # images per detection batch during pair selection
@@ -96,6 +97,8 @@ class QualityConfig:
             raise BenchError(f"min_visibility must be in [0, 1], got {self.min_visibility}")
         if self.workers < 1:
             raise BenchError(f"workers must be >= 1, got {self.workers}")
+        if "cudagraph" in self.variants and not self.device.startswith(("cuda", "auto")):
+            raise BenchError(f"the cudagraph variant needs a CUDA device, got --device {self.device}")
         if self.max_candidates is not None and self.max_candidates < self.pairs:
             raise BenchError(f"max_candidates must be >= pairs ({self.pairs}), got {self.max_candidates}")
 

@@ -68,7 +68,8 @@ def add_quality_arguments(p: argparse.ArgumentParser) -> None:
         "--variants",
         type=_name_list,
         default=["plain", "nearest", "l2", "mask"],
-        help="plain (paper: L1 tracking), nearest (seed 004), l2 (reference tracking), mask (discs)",
+        help="plain (paper: L1 tracking), nearest (seed 004), l2 (reference tracking), mask (discs), "
+        "cudagraph (plain with the CUDA-graph step; CUDA only)",
     )
     p.add_argument("--max-steps", type=int, default=200, help="step cap per edit")
     p.add_argument("--seed", type=int, default=0, help="pair k uses latent seeds SEED+2k and SEED+2k+1")

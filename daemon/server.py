@@ -67,6 +67,7 @@ class ServerConfig:
     limits: Limits = field(default_factory=Limits)
     curve: CurveConfig | None = None
     device_label: str = "cpu"
+    compile: str = "none"  # the engine's DragParams.compile for every drag ("none" | "cudagraph")
 
 
 def is_loopback_endpoint(endpoint: str) -> bool:
@@ -113,7 +114,9 @@ class DaemonServer:
         self.authorized_keys: AuthorizedKeys | None = None
         self.socket = self._make_socket()
         self.outbox = Outbox(self.ctx)
-        self.worker = Worker(registry, self.sessions, self.latents, self.outbox, self.limits)
+        self.worker = Worker(
+            registry, self.sessions, self.latents, self.outbox, self.limits, compile_mode=config.compile
+        )
         self.endpoint = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
 
     def _make_socket(self) -> zmq.Socket:

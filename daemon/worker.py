@@ -248,7 +248,9 @@ class Worker:
         latents: LatentCache,
         outbox: Outbox,
         limits: Limits,
+        compile_mode: str = "none",
     ):
+        self._compile = compile_mode  # a daemon setting, not a client's: graphs cost GPU memory
         self._registry = registry
         self._sessions = sessions
         self._latents = latents
@@ -503,7 +505,7 @@ class Worker:
             latent = self._resolve_latent(c["latent"], rec.model, job.identity)
             _check_pairs(c["handles"], c["targets"], res)
             mask = _mask_array(c["mask"], res, "content.mask")
-            params = DragParams(**c["params"])
+            params = DragParams(**{**c["params"], "compile": self._compile})
             rec.engine = DragSession(
                 G, latent_array(latent), np.array(c["handles"]), np.array(c["targets"]), mask, params
             )

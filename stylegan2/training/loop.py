@@ -393,10 +393,15 @@ def render_grid(G_ema: Generator, z: torch.Tensor, device: torch.device) -> torc
 
 
 def export_generator(s: TrainState, path: Path, command: str) -> Path:
+    """G_ema as a model file; the training command is the last training chunk's, not `command`
+    (with --export-only, `command` is the export itself and is recorded as such)."""
+    trained_by = [c["command"] for c in s.history if c.get("command")]
     extra = {
         "training_kimg": round(s.cur_nimg / 1000, 3),
         "training_steps": s.step,
-        "training_command": command,
+        "training_command": trained_by[-1] if trained_by else command,
+        "export_command": command,
+        "training_chunks": len(s.history),
         "training_seconds": round(s.train_seconds, 1),
         "training_config": dataclasses.asdict(s.cfg),
     }
@@ -625,7 +630,7 @@ def train(cfg: TrainConfig, run: RunOptions, log: Callable[[str], None] = _print
 
     target_nimg = round(run.kimg * 1000)
     deadline = t_start + run.minutes * 60 - run.finish_reserve_s if run.minutes is not None else math.inf
-    chunk_start = {"step": s.step, "kimg": s.cur_nimg / 1000}
+    chunk_start = {"step": s.step, "kimg": s.cur_nimg / 1000, "command": run.command}
     progress = _Progress(target_nimg, min(s.cur_nimg, target_nimg), run.progress, log)
     pending: list[dict[str, torch.Tensor]] = []
     last_stats: dict[str, float] = {}
