@@ -7,6 +7,12 @@ for each preview encoding and size. Not a test; prints a Markdown table.
 
 Each run is a drag that never converges (stop_distance 0) with previews every step
 (interval_ms 0), so frames/s is bounded by step time, rendering, encoding and transport.
+
+    python benchmarks/bench_daemon.py --concurrent 8  # then 8 clients dragging at once: fairness
+
+`--concurrent N` adds a table: N clients (threads, one connection each) start one drag each at the
+same moment; per-session steps/s (min / median / max), their max/min ratio (1.0 = perfectly fair
+round-robin), all sessions' steps/s together, and first-frame latency.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,10 +75,13 @@ def make_tiny_model(folder: Path) -> Path:
     return path
 
 
-def spawn_daemon(model: str | None, device: str, log_path: Path) -> tuple[subprocess.Popen, str]:
+def spawn_daemon(
+    model: str | None, device: str, log_path: Path, max_sessions: int = 8
+) -> tuple[subprocess.Popen, str]:
     port = free_port()
     endpoint = f"tcp://127.0.0.1:{port}"
     args = [sys.executable, "-m", "daemon", "--bind", endpoint, "--device", device, "--log-level", "warning"]
+    args += ["--max-sessions", str(max(max_sessions, 8))]
     if model:
         args += ["--model", model]
     path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
@@ -150,6 +160,64 @@ def one_run(
     return times
 
 
+def concurrent_runs(endpoint: str, count: int, steps: int, size: int, encoding: str) -> list[RunTimes]:
+    """`count` clients, each in its own thread, start one drag at the same moment."""
+    barrier = threading.Barrier(count)
+    results: list[RunTimes | BaseException] = [RuntimeError("not run")] * count
+
+    def worker(i: int) -> None:
+        try:
+            with Client(endpoint, compute_timeout=600) as client:
+                info = client.hello()
+                res = next(m for m in info["models"] if m["name"] == info["default_model"])["resolution"]
+                latent = client.generate(seed=100 + i, encoding="raw").latent
+                barrier.wait(120)
+                results[i] = one_run(client, latent.id, res, size, encoding, steps)
+        except BaseException as e:  # reported below, after every thread ended
+            results[i] = e
+            barrier.abort()
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    errors = [r for r in results if isinstance(r, BaseException)]
+    if errors:
+        raise SystemExit(f"concurrent run failed: {errors[0]!r}")
+    return [r for r in results if isinstance(r, RunTimes)]
+
+
+def print_concurrent(runs: list[RunTimes], steps: int, size: int, encoding: str) -> None:
+    rates = sorted((len(t.steps) - 1) / (t.steps[-1] - t.steps[0]) for t in runs)
+    start = min(t.t_request for t in runs)
+    end = max(t.steps[-1] for t in runs)
+    total = sum(len(t.steps) for t in runs) / (end - start)
+    first = sorted((t.frames[0] - t.t_request) * 1000 for t in runs)
+    print(f"\n{len(runs)} concurrent drags, {steps} steps each, {encoding} previews at {size} px\n")
+    cols = [
+        "sessions",
+        "steps/s min",
+        "median",
+        "max",
+        "max/min",
+        "all sessions steps/s",
+        "first frame ms median / max",
+    ]
+    print("| " + " | ".join(cols) + " |")
+    print("|" + "---|" * len(cols))
+    row = [
+        len(runs),
+        f"{rates[0]:.1f}",
+        f"{statistics.median(rates):.1f}",
+        f"{rates[-1]:.1f}",
+        f"{rates[-1] / rates[0]:.2f}",
+        f"{total:.1f}",
+        f"{statistics.median(first):.0f} / {first[-1]:.0f}",
+    ]
+    print("| " + " | ".join(map(str, row)) + " |")
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--endpoint", help="benchmark a running daemon instead of spawning one")
@@ -161,14 +229,18 @@ def main() -> int:
     p.add_argument("--sizes", default="128,256", help="preview sizes, comma-separated")
     p.add_argument("--encodings", default="raw,png,jpeg,webp")
     p.add_argument("--interval-ms", type=int, default=0, help="preview rate limit (0: a frame every step)")
+    p.add_argument("--concurrent", type=int, default=0, help="then N drags at once (fairness table)")
+    p.add_argument("--concurrent-steps", type=int, default=50, help="steps per concurrent drag")
     args = p.parse_args()
+    if args.concurrent < 0 or args.concurrent_steps < 2:
+        p.error("--concurrent must be >= 0 and --concurrent-steps >= 2")
 
     proc = None
     tmp = tempfile.TemporaryDirectory()
     endpoint = args.endpoint
     if endpoint is None:
         model = str(make_tiny_model(Path(tmp.name))) if args.tiny else args.model
-        proc, endpoint = spawn_daemon(model, args.device, Path(tmp.name) / "daemon.log")
+        proc, endpoint = spawn_daemon(model, args.device, Path(tmp.name) / "daemon.log", args.concurrent)
     try:
         with Client(endpoint, compute_timeout=600) as client:
             info = client.hello()
@@ -218,6 +290,9 @@ def main() -> int:
                         f"{enc:.2f}",
                     ]
                     print("| " + " | ".join(map(str, row)) + " |")
+        if args.concurrent:
+            runs = concurrent_runs(endpoint, args.concurrent, args.concurrent_steps, 256, "jpeg")
+            print_concurrent(runs, args.concurrent_steps, 256, "jpeg")
     finally:
         if proc is not None:
             proc.terminate()
