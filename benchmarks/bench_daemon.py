@@ -160,6 +160,11 @@ def one_run(
     return times
 
 
+def print_header(columns: list[str]) -> None:
+    print("| " + " | ".join(columns) + " |")
+    print("|" + "---|" * len(columns))
+
+
 def concurrent_runs(endpoint: str, count: int, steps: int, size: int, encoding: str) -> list[RunTimes]:
     """`count` clients, each in its own thread, start one drag at the same moment."""
     barrier = threading.Barrier(count)
@@ -195,17 +200,17 @@ def print_concurrent(runs: list[RunTimes], steps: int, size: int, encoding: str)
     total = sum(len(t.steps) for t in runs) / (end - start)
     first = sorted((t.frames[0] - t.t_request) * 1000 for t in runs)
     print(f"\n{len(runs)} concurrent drags, {steps} steps each, {encoding} previews at {size} px\n")
-    cols = [
-        "sessions",
-        "steps/s min",
-        "median",
-        "max",
-        "max/min",
-        "all sessions steps/s",
-        "first frame ms median / max",
-    ]
-    print("| " + " | ".join(cols) + " |")
-    print("|" + "---|" * len(cols))
+    print_header(
+        [
+            "sessions",
+            "steps/s min",
+            "median",
+            "max",
+            "max/min",
+            "all sessions steps/s",
+            "first frame ms median / max",
+        ]
+    )
     row = [
         len(runs),
         f"{rates[0]:.1f}",
@@ -253,17 +258,9 @@ def main() -> int:
                 f"daemon {info['daemon_version']} on {info['device']}, model {model_info['name']} "
                 f"({resolution} px), {args.steps} steps x {args.repeat} drags per row, previews every step\n"
             )
-            columns = [
-                "encoding",
-                "preview px",
-                "first frame ms",
-                "frames/s",
-                "steps/s",
-                "KiB/frame",
-                "encode ms",
-            ]
-            print("| " + " | ".join(columns) + " |")
-            print("|" + "---|" * len(columns))
+            print_header(
+                ["encoding", "preview px", "first frame ms", "frames/s", "steps/s", "KiB/frame", "encode ms"]
+            )
             for size in (int(s) for s in args.sizes.split(",")):
                 for encoding in args.encodings.split(","):
                     if encoding not in info["encodings"]:
