@@ -78,6 +78,11 @@ def _config(model, detector, **kw) -> QualityConfig:
     return QualityConfig(**base)
 
 
+def test_cudagraph_variant_needs_cuda(tiny_model, tiny_detector):
+    with pytest.raises(BenchError, match="cudagraph variant needs a CUDA device"):
+        _config(tiny_model, tiny_detector, variants=("plain", "cudagraph")).validate()
+
+
 def test_cli_quality_writes_table_and_json(tiny_model, tiny_detector, tmp_path, capsys):
     out, js = tmp_path / "q.md", tmp_path / "q.json"
     args = ["--model", str(tiny_model), "--landmarks", str(tiny_detector), "--pairs", "2", "--max-steps", "3"]
@@ -85,7 +90,9 @@ def test_cli_quality_writes_table_and_json(tiny_model, tiny_detector, tmp_path, 
     assert rc == 0
     data = json.loads(js.read_text())
     rows = data["rows"]
-    expected = [(p, v) for p in (1, 5, 10) for v in VARIANTS]
+    # The default variants: every one but cudagraph, which needs CUDA.
+    assert set(VARIANTS) - {"plain", "nearest", "l2", "mask"} == {"cudagraph"}
+    expected = [(p, v) for p in (1, 5, 10) for v in ("plain", "nearest", "l2", "mask")]
     assert [(r["points"], r["variant"]) for r in rows] == expected
     assert len(data["records"]) == 2 * len(expected)
     for r in rows:
