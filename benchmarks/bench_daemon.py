@@ -35,17 +35,6 @@ sys.path.insert(0, str(REPO))
 from daemon.client import Client, DaemonUnavailable  # noqa: E402
 from daemon.protocol import Message  # noqa: E402
 
-TINY_CONFIG = dict(
-    z_dim=512,
-    c_dim=0,
-    w_dim=512,
-    img_resolution=256,
-    img_channels=3,
-    channel_base=512,
-    channel_max=32,
-    mapping_kwargs={"num_layers": 2},
-)
-
 
 @dataclass
 class RunTimes:
@@ -61,18 +50,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def make_tiny_model(folder: Path) -> Path:
-    import torch
-
-    from stylegan2 import Generator
-    from stylegan2.model_file import save_generator
-
-    torch.manual_seed(0)
-    path = folder / "tiny-256.safetensors"
-    save_generator(Generator(**TINY_CONFIG).eval(), path)
-    return path
 
 
 def spawn_daemon(
@@ -244,7 +221,7 @@ def main() -> int:
     tmp = tempfile.TemporaryDirectory()
     endpoint = args.endpoint
     if endpoint is None:
-        model = str(make_tiny_model(Path(tmp.name))) if args.tiny else args.model
+        model = "random:tiny-256" if args.tiny else args.model
         proc, endpoint = spawn_daemon(model, args.device, Path(tmp.name) / "daemon.log", args.concurrent)
     try:
         with Client(endpoint, compute_timeout=600) as client:

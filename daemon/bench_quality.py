@@ -97,8 +97,6 @@ class QualityConfig:
             raise BenchError(f"min_visibility must be in [0, 1], got {self.min_visibility}")
         if self.workers < 1:
             raise BenchError(f"workers must be >= 1, got {self.workers}")
-        if "cudagraph" in self.variants and not self.device.startswith(("cuda", "auto")):
-            raise BenchError(f"the cudagraph variant needs a CUDA device, got --device {self.device}")
         if self.max_candidates is not None and self.max_candidates < self.pairs:
             raise BenchError(f"max_candidates must be >= pairs ({self.pairs}), got {self.max_candidates}")
 
@@ -232,6 +230,8 @@ def _load_models(cfg: QualityConfig, threads: int | None = None) -> None:
         device = resolve_device(cfg.device)
     except ValueError as e:
         raise BenchError(str(e)) from None
+    if "cudagraph" in cfg.variants and device.type != "cuda":
+        raise BenchError(f"the cudagraph variant needs a CUDA device; --device {cfg.device} is {device}")
     try:
         G, _ = load_any_model(cfg.model, device=str(device))
     except (ValueError, OSError) as e:

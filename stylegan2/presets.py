@@ -61,6 +61,17 @@ PRESETS: dict[str, dict[str, Any]] = {
         channel_base=32768,
         channel_max=512,
     ),
+    # Smoke tests and CPU benchmark runs: 256 px so b128 is the 6th block, channels tiny.
+    "tiny-256": dict(
+        z_dim=512,
+        c_dim=0,
+        w_dim=512,
+        img_resolution=256,
+        img_channels=3,
+        mapping_kwargs={"num_layers": 2},
+        channel_base=1024,
+        channel_max=32,
+    ),
 }
 
 

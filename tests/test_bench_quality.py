@@ -79,8 +79,10 @@ def _config(model, detector, **kw) -> QualityConfig:
 
 
 def test_cudagraph_variant_needs_cuda(tiny_model, tiny_detector):
+    cfg = _config(tiny_model, tiny_detector, variants=("plain", "cudagraph"))
+    cfg.validate()  # the device is known only once resolved ("auto" may be CUDA)
     with pytest.raises(BenchError, match="cudagraph variant needs a CUDA device"):
-        _config(tiny_model, tiny_detector, variants=("plain", "cudagraph")).validate()
+        run_quality_bench(cfg, log=lambda s: None)
 
 
 def test_cli_quality_writes_table_and_json(tiny_model, tiny_detector, tmp_path, capsys):
