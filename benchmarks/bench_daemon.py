@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import socket
 import statistics
 import subprocess
@@ -53,7 +54,7 @@ def free_port() -> int:
 
 
 def spawn_daemon(
-    model: str | None, device: str, log_path: Path, max_sessions: int = 8
+    model: str | None, device: str, log_path: Path, max_sessions: int = 8, extra: list[str] | None = None
 ) -> tuple[subprocess.Popen, str]:
     port = free_port()
     endpoint = f"tcp://127.0.0.1:{port}"
@@ -61,6 +62,7 @@ def spawn_daemon(
     args += ["--max-sessions", str(max(max_sessions, 8))]
     if model:
         args += ["--model", model]
+    args += extra or []
     path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
     env = dict(os.environ, PYTHONPATH=path)
     with open(log_path, "wb") as log:
@@ -208,11 +210,14 @@ def main() -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--steps", type=int, default=20, help="steps per drag")
     p.add_argument("--repeat", type=int, default=2, help="drags per configuration")
-    p.add_argument("--sizes", default="128,256", help="preview sizes, comma-separated")
+    p.add_argument("--sizes", default="128,256", help="preview sizes, comma-separated ('' for none)")
     p.add_argument("--encodings", default="raw,png,jpeg,webp")
     p.add_argument("--interval-ms", type=int, default=0, help="preview rate limit (0: a frame every step)")
     p.add_argument("--concurrent", type=int, default=0, help="then N drags at once (fairness table)")
     p.add_argument("--concurrent-steps", type=int, default=50, help="steps per concurrent drag")
+    p.add_argument(
+        "--daemon-args", default="", help="more arguments for the spawned daemon, e.g. '--batch-steps off'"
+    )
     args = p.parse_args()
     if args.concurrent < 0 or args.concurrent_steps < 2:
         p.error("--concurrent must be >= 0 and --concurrent-steps >= 2")
@@ -222,7 +227,9 @@ def main() -> int:
     endpoint = args.endpoint
     if endpoint is None:
         model = "random:tiny-256" if args.tiny else args.model
-        proc, endpoint = spawn_daemon(model, args.device, Path(tmp.name) / "daemon.log", args.concurrent)
+        log_path = Path(tmp.name) / "daemon.log"
+        extra = shlex.split(args.daemon_args)
+        proc, endpoint = spawn_daemon(model, args.device, log_path, args.concurrent, extra)
     try:
         with Client(endpoint, compute_timeout=600) as client:
             info = client.hello()
@@ -233,12 +240,13 @@ def main() -> int:
             one_run(client, latent.id, resolution, 64, "raw", 3)  # warm-up: lazy init, caches
             print(
                 f"daemon {info['daemon_version']} on {info['device']}, model {model_info['name']} "
-                f"({resolution} px), {args.steps} steps x {args.repeat} drags per row, previews every step\n"
+                f"({resolution} px), {args.steps} steps x {args.repeat} drags per row, previews every step; "
+                f"daemon args: {args.daemon_args or '-'}\n"
             )
             print_header(
                 ["encoding", "preview px", "first frame ms", "frames/s", "steps/s", "KiB/frame", "encode ms"]
             )
-            for size in (int(s) for s in args.sizes.split(",")):
+            for size in (int(s) for s in args.sizes.split(",") if s.strip()):
                 for encoding in args.encodings.split(","):
                     if encoding not in info["encodings"]:
                         continue

@@ -49,6 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="drag step: cudagraph = CUDA-graph replay (CUDA only, ~5x faster steps, same results within "
         "run-to-run noise: docs/benchmarks.md), none = eager; auto = cudagraph on CUDA, else none",
     )
+    p.add_argument(
+        "--batch-steps",
+        default="on",
+        choices=["on", "off"],
+        help="on = the running drags of one model step together as one batch each turn (one forward and "
+        "backward for all; same results per drag), off = one drag after another (default on)",
+    )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument(
         "--max-message-mb", type=float, default=d.max_message_bytes / 2**20, help="max frame size (MiB)"
@@ -168,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
             curve=curve,
             device_label=device_label(device),
             compile=compile_choice,
+            batch_steps=args.batch_steps == "on",
         )
         server = DaemonServer(config, registry)
     except (ValueError, ModelError, OSError) as e:
@@ -183,11 +191,13 @@ def main(argv: list[str] | None = None) -> int:
     if hasattr(signal, "SIGHUP"):  # re-read the authorised client keys now (they are also watched)
         signal.signal(signal.SIGHUP, lambda signum, frame: server.reload_keys())
     log.info(
-        "draggan-daemon %s listening on %s (device %s, drag step %s, models %s, default %s, CURVE %s)",
+        "draggan-daemon %s listening on %s (device %s, drag step %s, batched %s, models %s, default %s, "
+        "CURVE %s)",
         __version__,
         server.endpoint,
         config.device_label,
         config.compile,
+        "on" if config.batch_steps else "off",
         [m["name"] for m in registry.infos()],
         registry.default,
         "on" if curve else "off",

@@ -45,7 +45,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "l2": {"tracking": "l2"},
     "mask": {},  # plain + the disc mask
     "cudagraph": {"compile": "cudagraph"},  # plain, with the CUDA-graph step (CUDA only): same quality?
+    "batched": {},  # plain, stepped in one batch with BATCH_COMPANIONS other drags (as the daemon does)
 }
+BATCH_COMPANIONS = 3  # other drags sharing the "batched" variant's batch (never converging)
 TARGET_RATIO = {1: 0.15, 5: 0.25, 10: 0.25}  # after / no-edit goals of the demo model
 DETECT_BATCH = 16  # images per detection batch during pair selection
 GPU_STEP_SECONDS = 0.02  # H100, any size (docs/engine.md): used when no step can be timed
@@ -291,7 +293,10 @@ def run_pair(pair: PairSpec) -> list[EditRecord]:
             mask = allowed if variant == "mask" else None
             t0 = time.perf_counter()
             session = DragSession(G, latent, handles, targets, mask=mask, params=DragParams(**changes))
-            result = session.run(cfg.max_steps)
+            if variant == "batched":
+                result = run_batched(session, pair, cfg.max_steps)
+            else:
+                result = session.run(cfg.max_steps)
             after = session.render()
             seconds = time.perf_counter() - t0
             records.append(
@@ -309,6 +314,32 @@ def run_pair(pair: PairSpec) -> list[EditRecord]:
                 )
             )
     return records
+
+
+def run_batched(session: Any, pair: PairSpec, max_steps: int) -> Any:
+    """`session.run(max_steps)`, but every step taken in one batch with other drags of the model."""
+    from engine import BatchStepper, DragSession
+
+    G = session.G
+    res = int(G.img_resolution)
+    rng = np.random.default_rng(pair.seeds[1])
+    companions = []
+    for k in range(BATCH_COMPANIONS):
+        handles = rng.uniform(0.2 * res, 0.8 * res, size=(3, 2)).round()
+        targets = np.clip(handles + rng.normal(0, 0.05 * res, size=(3, 2)).round(), 0, res - 1)
+        params = session.params.replace(stop_distance=0.0)
+        companions.append(
+            DragSession.from_seed(
+                G, pair.seeds[1] + 1000 + k, handles=handles, targets=targets, params=params
+            )
+        )
+    stepper = BatchStepper()
+    result = session.status()
+    for _ in range(max_steps):
+        result = stepper.step([session, *companions])[0]
+        if result.done:
+            break
+    return result
 
 
 # ----- the run ------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ speed does not depend on what the weights are.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import math
@@ -28,7 +29,7 @@ import subprocess
 import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,9 @@ ENGINE_VARIANTS: dict[str, dict[str, str]] = {
     "eager-bf16": {"autocast": "bf16"},
     "cudagraph-bf16": {"compile": "cudagraph", "autocast": "bf16"},
     "cudagraph-cudnnbench": {"compile": "cudagraph"},  # with torch.backends.cudnn.benchmark on
+    "eager-split": {"modconv": "split"},
+    "cudagraph-split": {"compile": "cudagraph", "modconv": "split"},
+    "cudagraph-cl": {"compile": "cudagraph"},  # activations in channels-last memory format
 }
 IMPLS = ("reference", *ENGINE_VARIANTS, "inductor")
 LR = 2e-3
@@ -105,6 +109,38 @@ def engine_session(G: Any, latent: Any, handles: Any, targets: Any, allowed: Any
 
     params = DragParams(tracking="l2", lr=LR, stop_distance=0.0, **ENGINE_VARIANTS[variant])
     return DragSession(G, latent, handles, targets, allowed, params)
+
+
+@contextlib.contextmanager
+def variant_setup(G: Any, impl: str) -> Iterator[None]:
+    """What a variant changes outside DragParams, for the duration of its measurement:
+    "-cudnnbench" turns on cuDNN autotuning, "-cl" makes every block's input channels-last
+    (convolutions then keep that format through the block)."""
+    import torch
+
+    benchmark = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = impl.endswith("-cudnnbench")
+    hooks = []
+    if impl.endswith("-cl"):
+
+        def to_channels_last(_module: Any, args: tuple) -> tuple:
+            x = args[0]
+            if x is None:
+                return args
+            return (x.contiguous(memory_format=torch.channels_last), *args[1:])
+
+        hooks = [block.register_forward_pre_hook(to_channels_last) for block in _blocks(G)]
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = benchmark
+        for h in hooks:
+            h.remove()
+
+
+def _blocks(G: Any) -> list[Any]:
+    synthesis = G.synthesis
+    return [getattr(synthesis, name) for name in synthesis.block_names()]
 
 
 class CompiledSynthesis:
@@ -209,12 +245,11 @@ def measure(
     allowed = make_allowed_mask(res) if masked else None
     out = Timing(config, count, masked, impl)
     _free(device)
-    cudnn_benchmark = torch.backends.cudnn.benchmark
-    torch.backends.cudnn.benchmark = impl.endswith("-cudnnbench")
     try:
-        first, times = time_steps(
-            lambda: make_stepper(impl, G, latent, handles, targets, allowed), device, warmup, steps
-        )
+        with variant_setup(G, impl):
+            first, times = time_steps(
+                lambda: make_stepper(impl, G, latent, handles, targets, allowed), device, warmup, steps
+            )
         out.first_ms = first
         out.median_ms = float(np.median(times))
         out.p90_ms = float(np.percentile(times, 90))
@@ -226,10 +261,141 @@ def measure(
         if device.type == "cuda" and isinstance(e, torch.cuda.OutOfMemoryError):
             out.peak_mib = torch.cuda.max_memory_allocated(device) / 2**20
         traceback.print_exc(file=sys.stderr)
-    finally:
-        torch.backends.cudnn.benchmark = cudnn_benchmark
     _free(device)
     return out
+
+
+@dataclass
+class BatchTiming:
+    """N sessions (different latents and points) stepping once each: one by one, or as one batch."""
+
+    config: str
+    sessions: int
+    variant: str
+    batched: bool
+    median_ms: float = math.nan  # per round (every session one step)
+    p90_ms: float = math.nan
+    first_ms: float = math.nan
+    peak_mib: float | None = None
+    error: str = ""
+
+
+class _Round:
+    """Every session one step: one by one (each its own step), or one BatchStepper step."""
+
+    def __init__(self, sessions: list[Any], batched: bool) -> None:
+        from engine import BatchStepper
+
+        self._sessions = sessions
+        self._stepper = BatchStepper() if batched else None
+
+    def step(self) -> None:
+        if self._stepper is not None:
+            self._stepper.step(self._sessions)
+        else:
+            for s in self._sessions:
+                s.step()
+
+
+def measure_batch(
+    G: Any,
+    config: str,
+    device: Any,
+    count: int,
+    sessions: int,
+    variant: str,
+    batched: bool,
+    warmup: int,
+    steps: int,
+) -> BatchTiming:
+    import numpy as np
+    import torch
+
+    from engine import latent_from_seed
+
+    out = BatchTiming(config, sessions, variant, batched)
+    res = int(G.img_resolution)
+
+    def make() -> _Round:
+        made = []
+        for i in range(sessions):
+            handles, targets = make_points(res, count, seed=SEED + i)
+            made.append(engine_session(G, latent_from_seed(G, SEED + i), handles, targets, None, variant))
+        return _Round(made, batched)
+
+    _free(device)
+    try:
+        with variant_setup(G, variant):
+            first, times = time_steps(make, device, warmup, steps)
+        out.first_ms, out.median_ms = first, float(np.median(times))
+        out.p90_ms = float(np.percentile(times, 90))
+        if device.type == "cuda":
+            out.peak_mib = torch.cuda.max_memory_allocated(device) / 2**20
+    except Exception as e:
+        out.error = f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
+        traceback.print_exc(file=sys.stderr)
+    _free(device)
+    return out
+
+
+@dataclass
+class PreviewTiming:
+    """A drag loop with a preview frame every `every` steps, read back by another thread (as the
+    daemon's encoder does): no previews, render() on the step's stream, or render_async()."""
+
+    config: str
+    variant: str
+    size: int
+    mode: str  # "none" | "sync" | "async"
+    every: int
+    ms_per_step: float = math.nan
+    max_abs_diff: float = math.nan  # async frame vs render(), uint8 levels
+    error: str = ""
+
+
+def measure_preview(
+    G: Any, config: str, device: Any, variant: str, size: int, mode: str, every: int, warmup: int, steps: int
+) -> PreviewTiming:
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+
+    out = PreviewTiming(config, variant, size, mode, every)
+    res = int(G.img_resolution)
+    handles, targets = make_points(res, FLOOR_HANDLES)
+    render_size = None if size == res else size
+    _free(device)
+    try:
+        session = engine_session(G, latent_np(latent_from_seed_(G)), handles, targets, None, variant)
+        with ThreadPoolExecutor(max_workers=1) as reader:
+            for i in range(warmup + steps):
+                if i == warmup:
+                    _sync(device)
+                    t0 = time.perf_counter()
+                session.step()
+                if mode != "none" and i % every == 0:
+                    if mode == "sync":
+                        frame = session.render(render_size)
+                        reader.submit(lambda f=frame: f.sum())
+                    else:
+                        pending = session.render_async(render_size)
+                        reader.submit(lambda p=pending: p.result().sum())
+        _sync(device)
+        out.ms_per_step = (time.perf_counter() - t0) * 1000 / steps
+        if mode == "async":
+            a = session.render_async(render_size).result().astype(np.int16)
+            out.max_abs_diff = float(np.abs(a - session.render(render_size).astype(np.int16)).max())
+    except Exception as e:
+        out.error = f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
+        traceback.print_exc(file=sys.stderr)
+    _free(device)
+    return out
+
+
+def latent_from_seed_(G: Any) -> Any:
+    from engine import latent_from_seed
+
+    return latent_from_seed(G, SEED)
 
 
 def count_flops(step: Callable[[], Any]) -> float:
@@ -356,7 +522,9 @@ def trajectory_check(
         equal = 0
         loss1_rel = cos = math.nan
         for i in range(steps):
-            ra, rb = a.step(), b.step()
+            ra = a.step()
+            with variant_setup(G, variant):
+                rb = b.step()
             if i == 0:
                 loss1_rel = abs(ra.loss - rb.loss) / max(abs(ra.loss), 1e-30)
             if i == 1:  # latent() now includes the first update
@@ -365,7 +533,8 @@ def trajectory_check(
             equal += bool(np.array_equal(ra.points, rb.points))
         worst = float(np.abs(a.latent() - b.latent()).max())
         cuda = b.device.type == "cuda"
-        syncs = count_syncs(b.step) if cuda else math.nan
+        with variant_setup(G, variant):
+            syncs = count_syncs(b.step) if cuda else math.nan
         eager_syncs = count_syncs(a.step) if cuda else math.nan
         return Check(config, variant, steps, loss1_rel, cos, equal / max(steps, 1), worst, syncs, eager_syncs)
     except Exception as e:
@@ -429,6 +598,8 @@ class Report:
     timings: list[Timing] = field(default_factory=list)
     floors: list[Floor] = field(default_factory=list)
     checks: list[Check] = field(default_factory=list)
+    batches: list[BatchTiming] = field(default_factory=list)
+    previews: list[PreviewTiming] = field(default_factory=list)
     e2e: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
 
@@ -501,6 +672,55 @@ def floor_table(report: Report) -> str:
     return "\n".join(rows)
 
 
+def batch_table(report: Report) -> str:
+    rows = [
+        "| model | sessions | variant | one by one ms/round | batched ms/round "
+        "| batched ms per session-step "
+        "| batched ÷ one by one | × floor per session-step | peak MiB (one by one, batched) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    floors = {f.config: f.floor_ms for f in report.floors}
+    for (config, sessions, variant), group in _groups(
+        report.batches, "config", "sessions", "variant"
+    ).items():
+        pair = {x.batched: x for x in group}
+        one, bat = pair.get(False), pair.get(True)
+        per = bat.median_ms / sessions if bat and not bat.error else math.nan
+        ratio = bat.median_ms / one.median_ms if bat and one and not (bat.error or one.error) else math.nan
+        mib = ", ".join(_num(t.peak_mib, ".0f") if t else "–" for t in (one, bat))
+        rows.append(
+            f"| {config} | {sessions} | {variant} | {_cell(one, 'median_ms')} | {_cell(bat, 'median_ms')} "
+            f"| {_num(per)} | {_num(ratio)} | {_num(per / floors.get(config, math.nan), '.1f')} | {mib} |"
+        )
+    return "\n".join(rows)
+
+
+def preview_table(report: Report) -> str:
+    rows = [
+        "| model | variant | preview size | every | ms/step: no previews | render() | render_async() "
+        "| async frame vs render(), max abs diff |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for key, group in _groups(report.previews, "config", "variant", "size", "every").items():
+        by_mode = {x.mode: x for x in group}
+        cells = [_cell(by_mode.get(mode), "ms_per_step") for mode in ("none", "sync", "async")]
+        diff = by_mode["async"].max_abs_diff if "async" in by_mode else math.nan
+        rows.append("| " + " | ".join([*map(str, key), *cells, _num(diff, ".0f")]) + " |")
+    return "\n".join(rows)
+
+
+def _groups(items: list[Any], *fields: str) -> dict[tuple, list[Any]]:
+    """Items by the values of `fields`, in order of first appearance."""
+    out: dict[tuple, list[Any]] = {}
+    for x in items:
+        out.setdefault(tuple(getattr(x, f) for f in fields), []).append(x)
+    return out
+
+
+def _cell(t: Any, attr: str) -> str:
+    return "–" if t is None else (f"error: {t.error}" if t.error else _num(getattr(t, attr)))
+
+
 def check_table(report: Report) -> str:
     rows = [
         "| model | variant vs eager | steps | step-1 loss rel. diff | first-update cosine "
@@ -534,6 +754,14 @@ def render_report(report: Report) -> str:
         "### Fast paths vs eager (5 handles, mask on, same inputs; eager vs eager = run-to-run noise)",
         check_table(report),
     ]
+    if report.batches:
+        parts += [
+            "",
+            f"### Concurrent sessions: one by one vs one batch ({FLOOR_HANDLES} handles each, no mask)",
+            batch_table(report),
+        ]
+    if report.previews:
+        parts += ["", "### Preview frames during a drag (5 handles, no mask)", preview_table(report)]
     for text in report.e2e:
         parts += ["", "### End to end (daemon over loopback)", text.strip()]
     if report.skipped:
@@ -591,6 +819,22 @@ def add_speed_arguments(p: argparse.ArgumentParser) -> None:
         help="also time the engine on a torch.compile(mode='reduce-overhead') forward for this config "
         "(5 handles, mask off; compile time shows as the first step), after everything else; CUDA only",
     )
+    p.add_argument(
+        "--batch-sessions",
+        default="",
+        help="session counts for the batching rows, e.g. 4,8 (default: none)",
+    )
+    p.add_argument(
+        "--batch-variants",
+        default="cudagraph,cudagraph-split,eager",
+        help="engine variants for the batching rows (CUDA-only ones skipped elsewhere)",
+    )
+    p.add_argument("--batch-configs", help="configs for the batching rows (default: the first of --configs)")
+    p.add_argument("--preview-sizes", default="", help="preview sizes for the preview rows, e.g. 256,512")
+    p.add_argument("--preview-every", type=int, default=2, help="a preview every N steps (default 2)")
+    p.add_argument(
+        "--preview-variants", default="cudagraph,eager", help="engine variants for the preview rows"
+    )
     p.add_argument("--time-budget", type=float, default=0, help="seconds; start no new case after (0: none)")
     p.add_argument(
         "--out", type=Path, help="folder for speed.md and speed.json (rewritten after each config)"
@@ -602,11 +846,19 @@ def _validate(args: argparse.Namespace) -> None:
     if bad or not _csv(args.configs):
         raise ValueError(f"unknown config(s) {bad}; choose from {', '.join(CONFIG_NAMES)}")
     impls = _csv(args.impls) + _csv(args.extra_impls)
+    impls += [i for i in _csv(args.batch_variants) + _csv(args.preview_variants) if i not in ENGINE_VARIANTS]
+    if not all(n.isdigit() and int(n) >= 1 for n in _csv(args.preview_sizes)) or args.preview_every < 1:
+        raise ValueError(f"--preview-sizes must be positive integers, got {args.preview_sizes!r}")
     bad = [i for i in impls if i not in IMPLS]
     if bad:
         raise ValueError(f"unknown implementation(s) {bad}; choose from {', '.join(IMPLS)}")
     if not all(h.isdigit() and int(h) >= 1 for h in _csv(args.handles)) or not _csv(args.handles):
         raise ValueError(f"--handles must be positive integers, got {args.handles!r}")
+    if not all(n.isdigit() and int(n) >= 1 for n in _csv(args.batch_sessions)):
+        raise ValueError(f"--batch-sessions must be positive integers, got {args.batch_sessions!r}")
+    bad = [c for c in _csv(args.batch_configs or "") if c not in CONFIG_NAMES]
+    if bad:
+        raise ValueError(f"unknown --batch-configs {bad}; choose from {', '.join(CONFIG_NAMES)}")
     if not set(_csv(args.masks)) <= {"off", "on"} or not _csv(args.masks):
         raise ValueError(f"--masks must be off, on or off,on; got {args.masks!r}")
     for name in ("warmup", "steps", "ref_steps", "check_steps", "e2e_steps", "e2e_repeat"):
@@ -672,6 +924,59 @@ def run_speed(args: argparse.Namespace) -> int:
                         file=sys.stderr,
                         flush=True,
                     )
+        batch_configs = _csv(args.batch_configs) if args.batch_configs else configs[:1]
+        if config in batch_configs:
+            variants = [v for v in _csv(args.batch_variants) if cuda or "cudagraph" not in v]
+            for sessions in [int(n) for n in _csv(args.batch_sessions)]:
+                for variant in variants:
+                    for batched in (False, True):
+                        if out_of_time():
+                            report.skipped.append(f"{config}/batch{sessions}/{variant}")
+                            continue
+                        b = measure_batch(
+                            G,
+                            config,
+                            device,
+                            lever_count,
+                            sessions,
+                            variant,
+                            batched,
+                            args.warmup,
+                            args.steps,
+                        )
+                        report.batches.append(b)
+                        print(
+                            f"  {sessions} sessions {variant:15} {'batched' if batched else 'one by one':10} "
+                            f"{b.median_ms:9.2f} ms/round {b.error}",
+                            file=sys.stderr,
+                            flush=True,
+                        )
+        if config in batch_configs:
+            variants = [v for v in _csv(args.preview_variants) if cuda or "cudagraph" not in v]
+            for size in [int(n) for n in _csv(args.preview_sizes)]:
+                for variant in variants:
+                    for mode in ("none", "sync", "async"):
+                        if out_of_time():
+                            report.skipped.append(f"{config}/preview{size}/{variant}/{mode}")
+                            continue
+                        pt = measure_preview(
+                            G,
+                            config,
+                            device,
+                            variant,
+                            size,
+                            mode,
+                            args.preview_every,
+                            args.warmup,
+                            args.steps,
+                        )
+                        report.previews.append(pt)
+                        print(
+                            f"  preview {size} {variant:15} {mode:6} {pt.ms_per_step:9.2f} ms/step",
+                            pt.error,
+                            file=sys.stderr,
+                            flush=True,
+                        )
         if args.check_steps and not out_of_time():
             checked = [i for i in impls + extra if i != "reference" and "cudnnbench" not in i]
             for variant in checked:

@@ -68,6 +68,7 @@ class ServerConfig:
     curve: CurveConfig | None = None
     device_label: str = "cpu"
     compile: str = "none"  # the engine's DragParams.compile for every drag ("none" | "cudagraph")
+    batch_steps: bool = True  # running drags of one model step as one batch (engine.BatchStepper)
 
 
 def is_loopback_endpoint(endpoint: str) -> bool:
@@ -115,7 +116,13 @@ class DaemonServer:
         self.socket = self._make_socket()
         self.outbox = Outbox(self.ctx)
         self.worker = Worker(
-            registry, self.sessions, self.latents, self.outbox, self.limits, compile_mode=config.compile
+            registry,
+            self.sessions,
+            self.latents,
+            self.outbox,
+            self.limits,
+            compile_mode=config.compile,
+            batch_steps=config.batch_steps,
         )
         self.endpoint = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
 

@@ -2,9 +2,11 @@
 
 The compute thread alone touches models and engine sessions (the device). Each turn it applies
 all control jobs (updates, stops, closes), runs at most one heavy job (load, generate, render,
-drag start), then one step of the next running drag in round-robin order. Everything it produces
-goes, in order, through a single encoder thread (PNG/JPEG/WebP off the compute thread) into the
-Outbox, which wakes the socket thread: zmq sockets never cross threads.
+drag start), then steps running drags: with batch_steps every running drag takes one step, the
+drags that can share a forward (engine.batch_key: same model and settings) as one batch; without,
+the next running drag in round-robin order takes one. Either way every drag progresses equally.
+Everything it produces goes, in order, through a single encoder thread (PNG/JPEG/WebP off the
+compute thread) into the Outbox, which wakes the socket thread: zmq sockets never cross threads.
 """
 
 from __future__ import annotations
@@ -249,8 +251,12 @@ class Worker:
         outbox: Outbox,
         limits: Limits,
         compile_mode: str = "none",
+        batch_steps: bool = False,
     ):
         self._compile = compile_mode  # a daemon setting, not a client's: graphs cost GPU memory
+        self._batch_steps = batch_steps
+        self._batchers: dict[Hashable, Any] = {}  # batch_key -> engine.BatchStepper (holds its graph)
+        self._batch_members: dict[Hashable, tuple[str, ...]] = {}  # batch_key -> session ids, for the log
         self._registry = registry
         self._sessions = sessions
         self._latents = latents
@@ -294,9 +300,12 @@ class Worker:
                     break
                 if self._heavy:
                     self._do(self._heavy.popleft())
-                key = self._rr.next()
-                if key is not None:
-                    self._step(str(key))
+                if self._batch_steps:
+                    self._step_all()
+                else:
+                    key = self._rr.next()
+                    if key is not None:
+                        self._step(str(key))
             except Exception:  # the loop must survive anything
                 log.exception("compute loop error")
         self._refuse_all()
@@ -583,15 +592,58 @@ class Worker:
         self._rr.add(rec.id)
 
     def _step(self, sid: str) -> None:
-        rec = self._sessions.get(sid)
-        if rec is None or rec.state != "running" or rec.engine is None:
-            self._rr.remove(sid)
+        rec = self._running(sid)
+        if rec is None:
             return
         try:
             result = rec.engine.step()
         except Exception as e:
             self._fail(rec, e)
             return
+        self._after_step(rec, result)
+
+    def _running(self, sid: str) -> SessionRecord | None:
+        rec = self._sessions.get(sid)
+        if rec is None or rec.state != "running" or rec.engine is None:
+            self._rr.remove(sid)
+            return None
+        return rec
+
+    def _step_all(self) -> None:
+        """One step of every running drag; those that can share a forward as one batch."""
+        from engine.batch import BatchStepper, batch_key
+
+        groups: dict[Hashable, list[SessionRecord]] = {}
+        for sid in self._rr.snapshot():
+            rec = self._running(str(sid))
+            if rec is not None:
+                groups.setdefault(batch_key(rec.engine), []).append(rec)
+        for key in [k for k in self._batchers if k not in groups or len(groups[k]) < 2]:
+            del self._batchers[key]  # its group is gone: free its CUDA graph
+            self._batch_members.pop(key, None)
+        for key, recs in groups.items():
+            if len(recs) == 1:
+                self._step(recs[0].id)
+                continue
+            stepper = self._batchers.setdefault(key, BatchStepper())
+            members = tuple(rec.id for rec in recs)
+            if self._batch_members.get(key) != members:
+                self._batch_members[key] = members
+                log.debug("stepping %d drags as one batch: %s", len(recs), ", ".join(members))
+            try:
+                results = stepper.step([rec.engine for rec in recs])
+            except Exception as e:  # find the culprit: step them one by one (each fails on its own)
+                log.warning("batched step of %d drags failed (%s); stepping them one by one", len(recs), e)
+                self._batchers.pop(key, None)
+                if is_out_of_memory(e):
+                    _free_device_cache()
+                for rec in recs:
+                    self._step(rec.id)
+                continue
+            for rec, result in zip(recs, results, strict=True):
+                self._after_step(rec, result)
+
+    def _after_step(self, rec: SessionRecord, result: Any) -> None:
         rec.step, rec.run_steps = result.step, rec.run_steps + 1
         rec.touch()
         self._event(rec, "drag_step", _step_content(rec, result.points, result.distances, result.loss))
@@ -615,8 +667,8 @@ class Worker:
         rec.last_frame_at = now
         res = rec.engine.resolution
         size = opts["size"] or min(res, 256)
-        try:
-            rgb = rec.engine.render(None if size == res else size)
+        try:  # on CUDA rendered on a side stream; the encoder thread waits for it, not this one
+            pending = rec.engine.render_async(None if size == res else size)
         except Exception as e:  # a preview is optional: skip it, the drag goes on
             if is_out_of_memory(e):
                 _free_device_cache()
@@ -627,7 +679,7 @@ class Worker:
 
         def build() -> list[bytes]:
             try:
-                img = _encode(rgb, opts, fast=True)
+                img = _encode(pending.result(), opts, fast=True)
             finally:
                 rec.add_frame_in_flight(-1)
             return event_parts(parent, sid, "drag_frame", {"step": step, "image": img.blob(0)}, [img.data])

@@ -4,6 +4,7 @@ Points everywhere in the public API are (x, y) floats in pixels of the model's i
 (x = column, y = row, pixel centres at integers, 0 <= x, y <= resolution - 1).
 """
 
+from .batch import BatchStepper, batch_key
 from .errors import DragInputError
 from .latent import latent_from_seed, render_latent, resolve_device
 from .nearest import nearest_edge_adjust
@@ -11,10 +12,12 @@ from .params import DragParams
 from .session import DragSession, StepResult
 
 __all__ = [
+    "BatchStepper",
     "DragInputError",
     "DragParams",
     "DragSession",
     "StepResult",
+    "batch_key",
     "latent_from_seed",
     "nearest_edge_adjust",
     "render_latent",

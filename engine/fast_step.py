@@ -68,7 +68,12 @@ class GraphedCompute(Generic[T]):
 
 
 def features_with_fixed_tail(
-    G: torch.nn.Module, head: torch.Tensor, base: torch.Tensor, stop_after: str, noise_mode: str
+    G: torch.nn.Module,
+    head: torch.Tensor,
+    base: torch.Tensor,
+    stop_after: str,
+    noise_mode: str,
+    fused_modconv: bool = True,
 ) -> torch.Tensor:
     """Output of block `stop_after` for W+ = cat(head, base[:, k:]), k = head's row count.
 
@@ -89,7 +94,9 @@ def features_with_fixed_tail(
             ws = base[:, start:stop]
         else:
             ws = torch.cat([head[:, start:], base[:, k:stop]], dim=1)
-        x, img = getattr(synthesis, name)(x, img, ws, want_img=False, noise_mode=noise_mode)
+        x, img = getattr(synthesis, name)(
+            x, img, ws, want_img=False, noise_mode=noise_mode, fused_modconv=fused_modconv
+        )
         if name == stop_after:
             return x
     raise ValueError(f"unknown block {stop_after!r}; this network has {synthesis.block_names()}")

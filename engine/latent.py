@@ -6,11 +6,11 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from stylegan2 import seed_to_z, to_uint8_image
+from stylegan2 import seed_to_z
 
 from .errors import DragInputError
+from .preview import pixels
 
 MAX_RENDER_SIZE = 8192
 
@@ -36,23 +36,24 @@ def latent_from_seed(
         return G.mapping(z.to(device), None, truncation_psi=float(truncation_psi)).detach()
 
 
+def check_render_size(size: Any) -> None:
+    bad_type = isinstance(size, bool) or not isinstance(size, int)
+    if size is not None and (bad_type or not 1 <= size <= MAX_RENDER_SIZE):
+        raise DragInputError(f"size must be an integer in [1, {MAX_RENDER_SIZE}] or None, got {size!r}")
+
+
 def render_latent(G: Any, latent: Any, size: int | None = None, noise_mode: str = "const") -> np.ndarray:
     """H×W×3 uint8 image of a W+ latent ([num_ws, w_dim] or [1, num_ws, w_dim]), without gradients.
 
     `size` resizes to size×size on the device (bilinear, antialiased) before the one transfer.
     """
-    bad_type = isinstance(size, bool) or not isinstance(size, int)
-    if size is not None and (bad_type or not 1 <= size <= MAX_RENDER_SIZE):
-        raise DragInputError(f"size must be an integer in [1, {MAX_RENDER_SIZE}] or None, got {size!r}")
+    check_render_size(size)
     device = generator_device(G)
     ws = torch.as_tensor(latent).detach().to(device=device, dtype=torch.float32)
     if ws.ndim == 2:
         ws = ws[None]
     with torch.no_grad():
-        img = G.synthesis(ws, noise_mode=noise_mode)
-        if size is not None and size != img.shape[-1]:
-            img = F.interpolate(img, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-        return to_uint8_image(img)[0]
+        return pixels(G, ws, size, noise_mode).cpu().numpy()
 
 
 def resolve_device(spec: str = "auto") -> torch.device:

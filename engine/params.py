@@ -15,6 +15,7 @@ TRACKING_METRICS = ("l1", "l2")
 NOISE_MODES = ("const", "random", "none")
 COMPILE_MODES = ("none", "cudagraph")
 AUTOCAST_MODES = ("none", "bf16", "fp16")
+MODCONV_MODES = ("fused", "split")
 
 
 def _is_real(value: Any) -> bool:
@@ -45,6 +46,10 @@ class DragParams:
         tracking, losses and gradient are captured once and replayed; same numbers as eager).
     autocast: "none", "bf16" or "fp16": run the forward to the feature block under torch.autocast
         (faster matrix work, slightly different trajectory).
+    modconv: how the modulated convolutions run: "fused" (NVIDIA's default: per-sample weights,
+        one grouped conv) or "split" (scale the input by the styles, one shared-weight conv, scale
+        the output by the demodulation coefficients; the same function, and its backward needs
+        no weight-gradient convolution). Several sessions stepped as one batch use one setting.
     """
 
     space: str = "w+"
@@ -62,6 +67,7 @@ class DragParams:
     noise_mode: str = "const"
     compile: str = "none"
     autocast: str = "none"
+    modconv: str = "fused"
 
     def __post_init__(self) -> None:
         self.validate()
@@ -102,6 +108,8 @@ class DragParams:
             raise DragInputError(f"compile must be one of {COMPILE_MODES}, got {self.compile!r}")
         if self.autocast not in AUTOCAST_MODES:
             raise DragInputError(f"autocast must be one of {AUTOCAST_MODES}, got {self.autocast!r}")
+        if self.modconv not in MODCONV_MODES:
+            raise DragInputError(f"modconv must be one of {MODCONV_MODES}, got {self.modconv!r}")
 
     def replace(self, **changes: Any) -> DragParams:
         """A copy with some fields changed (validated); unknown names are an error."""

@@ -16,6 +16,7 @@ made after it is pending and becomes visible with the next step.
 
 from __future__ import annotations
 
+import itertools
 import math
 import threading
 from collections.abc import Callable
@@ -27,14 +28,17 @@ import torch
 
 from .errors import DragInputError
 from .fast_step import GraphedCompute, autocast_context, check_graph_device, features_with_fixed_tail
-from .latent import generator_device, latent_from_seed, render_latent
+from .latent import check_render_size, generator_device, latent_from_seed, render_latent
 from .latent_variable import LatentVariable
 from .losses import ACTIVE_DISTANCE, fixed_region_weight, mask_loss, motion_loss
 from .nearest import nearest_edge_adjust
 from .params import DragParams
+from .preview import PendingImage, StreamRenderer
 from .sampling import disc_offsets, sample_features, window_offsets
 from .tracking import track_points
 from .validation import check_latent, check_mask, check_pair_counts, check_points
+
+_GRAPH_VERSIONS = itertools.count()  # unique across sessions: a batch's graph is keyed by them
 
 
 @dataclass
@@ -44,6 +48,12 @@ class StepResult:
     distances: np.ndarray  # [N] distance of each tracked handle to its target, px
     loss: float  # motion loss + mask term at the tracked points (nan before any step)
     done: bool  # stop rule satisfied
+
+
+def latent_gradients(loss: torch.Tensor, params: list[torch.Tensor]) -> list[torch.Tensor]:
+    """d loss / d each param; zeros for a param the loss does not reach (all handles already there)."""
+    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    return [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads, strict=True)]
 
 
 def _freeze_generator(G: torch.nn.Module) -> None:
@@ -112,6 +122,9 @@ class DragSession:
         self._allowed: np.ndarray | None = None
         self._fixed_weight: torch.Tensor | None = None
         self._graph: GraphedCompute | None = None  # compile="cudagraph": the captured step compute
+        self._graph_version = next(_GRAPH_VERSIONS)  # new whenever a captured graph would go stale
+        self._renderer: StreamRenderer | None = None  # previews on a side stream (CUDA)
+        self._renderer_key: tuple[str, bool] | None = None
         self.set_points(handles, targets)
         self.set_mask(mask)
 
@@ -150,6 +163,20 @@ class DragSession:
         with self._lock:
             return render_latent(self.G, self._shown, size, noise_mode=self._params.noise_mode)
 
+    def render_async(self, size: int | None = None) -> PendingImage:
+        """`render(size)` as a PendingImage. On CUDA the frame is rendered on a side stream (a CUDA
+        graph with compile="cudagraph") and read back by whoever calls result(): the caller can
+        step on meanwhile. Elsewhere it is rendered now."""
+        with self._lock:
+            if self.device.type != "cuda":
+                return PendingImage(self.render(size))
+            check_render_size(size)
+            key = (self._params.noise_mode, self._params.compile == "cudagraph")
+            if self._renderer is None or self._renderer_key != key:
+                self._renderer = StreamRenderer(self.G, self.device, *key)
+                self._renderer_key = key
+            return self._renderer.render(self._shown, size)
+
     def status(self) -> StepResult:
         """The current state as a StepResult, without taking a step."""
         with self._lock:
@@ -184,7 +211,7 @@ class DragSession:
             self._variable = LatentVariable(self._shown, self._params.space, self._params.num_layers)
             self._optimizer = self._new_optimizer()
             self._last_loss = math.nan
-            self._graph = None
+            self._drop_graph()
 
     def set_targets(self, targets: Any) -> None:
         """New targets for the same handles; the tracked points and the Adam state are kept."""
@@ -203,12 +230,12 @@ class DragSession:
         with self._lock:
             self._allowed = check_mask(mask, self.resolution)
             self._update_fixed_weight()
-            self._graph = None
+            self._drop_graph()
 
     def set_params(self, **changes: Any) -> None:
         """Change parameters mid-drag. lr, lam, stop_distance, tracking, r1, r2: Adam state kept.
         space / num_layers: the optimiser is rebuilt from latent() (state reset, pending update dropped).
-        feature_block / noise_mode: F0 and templates are re-captured at this segment's handles.
+        feature_block / noise_mode / modconv: F0 and templates are re-captured at this segment's handles.
         nearest*: used by the next set_points. compile / autocast: take effect at the next step.
         """
         with self._lock:
@@ -221,13 +248,17 @@ class DragSession:
             elif new.lr != old.lr:
                 for group in self._optimizer.param_groups:
                     group["lr"] = new.lr
-            if (new.feature_block, new.noise_mode) != (old.feature_block, old.noise_mode):
+            if (new.feature_block, new.noise_mode, new.modconv) != (
+                old.feature_block,
+                old.noise_mode,
+                old.modconv,
+            ):
                 self._feature_name = self.G.feature_block_name(new.feature_block)
                 self._capture_reference()
             if (new.r1, new.r2) != (old.r1, old.r2):
                 self._build_offsets()
             if new != old.replace(lr=new.lr):  # anything but lr is baked into a captured graph
-                self._graph = None
+                self._drop_graph()
 
     # ----- the loop ------------------------------------------------------------------------------
     def step(self) -> StepResult:
@@ -235,21 +266,7 @@ class DragSession:
         with self._lock:
             ws, points, grad, packed = self._step_outputs()
             host = packed.cpu().numpy().astype(np.float64)  # the step's only device -> host transfer
-            n = len(self._points_np)
-            is_done = bool(host[3 * n + 1] > 0.5)
-            self._shown = ws.clone()  # before the update; also frees it from a graph's static output
-            self._points.copy_(points)  # in place: a captured graph reads this tensor
-            if not is_done:
-                param = self._variable.param
-                param.grad = grad
-                self._optimizer.step()
-                param.grad = None
-            self._points_np = host[: 2 * n].reshape(n, 2).copy()
-            self._last_loss = float(host[3 * n])
-            self.step_count += 1
-            return StepResult(
-                self.step_count, self._points_np.copy(), host[2 * n : 3 * n].copy(), self._last_loss, is_done
-            )
+            return self._apply_step(ws, points, grad, host)
 
     def run(
         self,
@@ -295,14 +312,30 @@ class DragSession:
         packed [points, distances, loss, done] for the one host transfer).
         """
         p = self._params
-        variable = self._variable
         with autocast_context(self.device, p.autocast):
             features = features_with_fixed_tail(
-                self.G, variable.head(), variable.base, self._feature_name, p.noise_mode
+                self.G,
+                self._variable.head(),
+                self._variable.base,
+                self._feature_name,
+                p.noise_mode,
+                fused_modconv=p.modconv == "fused",
             )
+        ws, points, loss, packed = self._track_and_loss(features)
+        (grad,) = latent_gradients(loss, [self._variable.param])
+        return ws, points, grad, packed
+
+    def _track_and_loss(
+        self, features: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Tracking, motion loss and mask term on this session's [1, C, h, w] features (with grad).
+
+        Returns (ws, tracked points, loss, packed [points, distances, loss, done]).
+        """
+        p = self._params
         features = features.to(torch.float32)  # once: tracking, both loss samples and the mask use it
         with torch.no_grad():
-            ws = variable.ws()
+            ws = self._variable.ws()
             points = track_points(
                 features.detach(), self._points, self._templates, self._window, self.resolution, p.tracking
             )
@@ -313,13 +346,38 @@ class DragSession:
         if self._fixed_weight is not None and p.lam > 0:
             loss = loss + p.lam * mask_loss(features, self._features0, self._fixed_weight)
         done = (distances <= stop).all()
-        (grad,) = torch.autograd.grad(loss, [variable.param], allow_unused=True)
-        if grad is None:
-            grad = torch.zeros_like(variable.param)
         packed = torch.cat(
             [points.reshape(-1), distances, loss.detach().reshape(1), done.reshape(1).to(points.dtype)]
         )
-        return ws, points, grad, packed
+        return ws, points, loss, packed
+
+    def _apply_step(
+        self, ws: torch.Tensor, points: torch.Tensor, grad: torch.Tensor, host: np.ndarray
+    ) -> StepResult:
+        """Take the step's outputs: remember the shown latent and points, Adam update unless done."""
+        n = len(self._points_np)
+        is_done = bool(host[3 * n + 1] > 0.5)
+        self._shown = ws.clone()  # before the update; also frees it from a graph's static output
+        self._points.copy_(points)  # in place: a captured graph reads this tensor
+        if not is_done:
+            param = self._variable.param
+            param.grad = grad
+            self._optimizer.step()
+            param.grad = None
+        self._points_np = host[: 2 * n].reshape(n, 2).copy()
+        self._last_loss = float(host[3 * n])
+        self.step_count += 1
+        return StepResult(
+            self.step_count, self._points_np.copy(), host[2 * n : 3 * n].copy(), self._last_loss, is_done
+        )
+
+    def _packed_size(self) -> int:
+        return 3 * len(self._points_np) + 2
+
+    def _drop_graph(self) -> None:
+        """Captured graphs read this session's tensors as they were: after a change they are stale."""
+        self._graph = None
+        self._graph_version = next(_GRAPH_VERSIONS)
 
     def _check_params(self, params: DragParams) -> None:
         if params.compile == "cudagraph":
@@ -334,11 +392,13 @@ class DragSession:
         return torch.optim.Adam([self._variable.param], lr=self._params.lr)
 
     def _features(self, ws: torch.Tensor) -> torch.Tensor:
-        with autocast_context(self.device, self._params.autocast):
-            _, feats = self.G.synthesis(
-                ws, stop_after=self._feature_name, return_features=True, noise_mode=self._params.noise_mode
+        """F of `ws` by the step's own program (same modconv): at step 1, F - F0 is then exactly 0,
+        as the L1 mask term's gradient needs (|x|' at rounding noise would be ±1, not 0)."""
+        p = self._params
+        with autocast_context(self.device, p.autocast):
+            return features_with_fixed_tail(
+                self.G, ws[:, :0], ws, self._feature_name, p.noise_mode, fused_modconv=p.modconv == "fused"
             )
-        return feats[self._feature_name]
 
     def _set_target_tensors(self, targets: np.ndarray) -> None:
         self._targets = torch.as_tensor(targets, dtype=torch.float32, device=self.device)

@@ -93,8 +93,9 @@ def test_cli_quality_writes_table_and_json(tiny_model, tiny_detector, tmp_path, 
     data = json.loads(js.read_text())
     rows = data["rows"]
     # The default variants: every one but cudagraph, which needs CUDA.
-    assert set(VARIANTS) - {"plain", "nearest", "l2", "mask"} == {"cudagraph"}
-    expected = [(p, v) for p in (1, 5, 10) for v in ("plain", "nearest", "l2", "mask")]
+    defaults = ("plain", "nearest", "l2", "mask", "batched")
+    assert set(VARIANTS) - set(defaults) == {"cudagraph"}
+    expected = [(p, v) for p in (1, 5, 10) for v in defaults]
     assert [(r["points"], r["variant"]) for r in rows] == expected
     assert len(data["records"]) == 2 * len(expected)
     for r in rows:
@@ -123,6 +124,17 @@ def test_cli_quality_writes_table_and_json(tiny_model, tiny_detector, tmp_path, 
     assert len(table) == len(expected)
     assert "ratio" in md and "MAD outside mask" in md
     assert md in capsys.readouterr().out
+
+
+def test_batched_variant_gives_the_plain_edit(tiny_model, tiny_detector):
+    """Stepped in a batch with other drags, an edit follows its own trajectory (up to rounding)."""
+    cfg = _config(tiny_model, tiny_detector, pairs=2, points=(5,), variants=("plain", "batched"), max_steps=4)
+    records = run_quality_bench(cfg).records
+    plain = {r.pair: r for r in records if r.variant == "plain"}
+    for r in (r for r in records if r.variant == "batched"):
+        assert r.steps == plain[r.pair].steps
+        assert r.tracked_px == pytest.approx(plain[r.pair].tracked_px, abs=1e-6)
+        assert r.after_px == pytest.approx(plain[r.pair].after_px, abs=0.5)
 
 
 def test_workers_give_the_same_results_as_one_process(tiny_model, tiny_detector):

@@ -56,9 +56,29 @@ def test_harness_runs_both_implementations_and_prints_the_table(tmp_path, capsys
     assert (tmp_path / "speed.md").read_text().startswith("device: cpu")
 
 
+def test_batch_and_preview_rows(capsys):
+    args = ["--device", "cpu", "--configs", "tiny", "--handles", "5", "--masks", "off", "--impls", "eager"]
+    args += ["--extra-impls", "eager-split", "--steps", "2", "--warmup", "0", "--check-steps", "2"]
+    args += ["--batch-sessions", "2", "--batch-variants", "eager,eager-split", "--preview-sizes", "64"]
+    args += ["--preview-variants", "eager", "--preview-every", "1"]
+    assert bench_speed.main(args) == 0
+    out = capsys.readouterr().out
+    split = _row_cells(out.split("### Fast paths vs eager")[1], "tiny", "eager-split")
+    assert float(split[4]) > 0.999 and split[5] == "100%"  # same trajectory as fused, up to rounding
+    batches = out.split("### Concurrent sessions")[1]
+    for variant in ("eager", "eager-split"):
+        cells = _row_cells(batches, "tiny", "2", variant)
+        one, batched, per = (float(c) for c in cells[3:6])
+        assert one > 0 and batched > 0 and per == pytest.approx(batched / 2, rel=1e-2)
+    preview = _row_cells(out.split("### Preview frames")[1], "tiny", "eager", "64", "1")
+    assert all(float(c) > 0 for c in preview[4:7]) and preview[7] == "0"  # async frame == render()
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
+        (["--batch-sessions", "two"], "--batch-sessions"),
+        (["--preview-sizes", "-1"], "--preview-sizes"),
         (["--configs", "2048"], "unknown config"),
         (["--impls", "reference,turbo"], "unknown implementation"),
         (["--handles", "0"], "--handles"),
