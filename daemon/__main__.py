@@ -50,6 +50,14 @@ def build_parser() -> argparse.ArgumentParser:
         "run-to-run noise: docs/benchmarks.md), none = eager; auto = cudagraph on CUDA, else none",
     )
     p.add_argument(
+        "--modconv",
+        default="split",
+        choices=["split", "fused"],
+        help="modulated convolutions of the drag step: split = input scaling + one shared conv (faster, "
+        "batches as dense convs; the same drag quality on the benchmark: docs/benchmarks.md), fused = "
+        "NVIDIA's per-sample weights (default split)",
+    )
+    p.add_argument(
         "--batch-steps",
         default="on",
         choices=["on", "off"],
@@ -176,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
             device_label=device_label(device),
             compile=compile_choice,
             batch_steps=args.batch_steps == "on",
+            modconv=args.modconv,
         )
         server = DaemonServer(config, registry)
     except (ValueError, ModelError, OSError) as e:
@@ -191,12 +200,13 @@ def main(argv: list[str] | None = None) -> int:
     if hasattr(signal, "SIGHUP"):  # re-read the authorised client keys now (they are also watched)
         signal.signal(signal.SIGHUP, lambda signum, frame: server.reload_keys())
     log.info(
-        "draggan-daemon %s listening on %s (device %s, drag step %s, batched %s, models %s, default %s, "
-        "CURVE %s)",
+        "draggan-daemon %s listening on %s (device %s, drag step %s/%s, batched %s, models %s, "
+        "default %s, CURVE %s)",
         __version__,
         server.endpoint,
         config.device_label,
         config.compile,
+        config.modconv,
         "on" if config.batch_steps else "off",
         [m["name"] for m in registry.infos()],
         registry.default,

@@ -45,6 +45,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "l2": {"tracking": "l2"},
     "mask": {},  # plain + the disc mask
     "cudagraph": {"compile": "cudagraph"},  # plain, with the CUDA-graph step (CUDA only): same quality?
+    "split": {"modconv": "split"},  # plain, modulated convs as input scale + shared conv (faster)
     "batched": {},  # plain, stepped in one batch with BATCH_COMPANIONS other drags (as the daemon does)
 }
 BATCH_COMPANIONS = 3  # other drags sharing the "batched" variant's batch (never converging)

@@ -70,6 +70,7 @@ def add_quality_arguments(p: argparse.ArgumentParser) -> None:
         default=["plain", "nearest", "l2", "mask", "batched"],
         help="plain (paper: L1 tracking), nearest (seed 004), l2 (reference tracking), mask (discs), "
         "batched (plain, stepped in one batch with 3 other drags, as the daemon does), "
+        "split (plain with modconv='split'), "
         "cudagraph (plain with the CUDA-graph step; CUDA only)",
     )
     p.add_argument("--max-steps", type=int, default=200, help="step cap per edit")

@@ -69,6 +69,7 @@ class ServerConfig:
     device_label: str = "cpu"
     compile: str = "none"  # the engine's DragParams.compile for every drag ("none" | "cudagraph")
     batch_steps: bool = True  # running drags of one model step as one batch (engine.BatchStepper)
+    modconv: str = "split"  # the engine's DragParams.modconv for every drag ("split" | "fused")
 
 
 def is_loopback_endpoint(endpoint: str) -> bool:
@@ -123,6 +124,7 @@ class DaemonServer:
             self.limits,
             compile_mode=config.compile,
             batch_steps=config.batch_steps,
+            modconv=config.modconv,
         )
         self.endpoint = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
 

@@ -46,6 +46,10 @@ log = logging.getLogger("draggan.daemon")
 CONTROL_JOBS = frozenset(("drag_update", "drag_stop", "close_session", "client_gone", "idle_close"))
 HEAVY_JOBS = frozenset(("load_model", "generate", "render", "drag_start", "preload"))
 MAX_FRAMES_IN_FLIGHT = 2  # per session: skip preview frames rather than queue them
+# CUDA-graph drags step as one batch only once their group has kept its members this many rounds:
+# capturing a batch graph costs ~25 steps' worth (docs/benchmarks.md), so a group that changes
+# every few rounds (drags starting and ending) steps one by one on the drags' own graphs meanwhile.
+STABLE_ROUNDS_BEFORE_GRAPHED_BATCH = 8
 
 
 # --------------------------------------------------------------------------- thread hand-off
@@ -252,11 +256,15 @@ class Worker:
         limits: Limits,
         compile_mode: str = "none",
         batch_steps: bool = False,
+        modconv: str = "fused",
     ):
         self._compile = compile_mode  # a daemon setting, not a client's: graphs cost GPU memory
         self._batch_steps = batch_steps
+        self._modconv = modconv  # a daemon setting too: it decides which drags can share a batch
         self._batchers: dict[Hashable, Any] = {}  # batch_key -> engine.BatchStepper (holds its graph)
-        self._batch_members: dict[Hashable, tuple[str, ...]] = {}  # batch_key -> session ids, for the log
+        self._batch_members: dict[
+            Hashable, tuple[tuple[str, ...], int]
+        ] = {}  # key -> (ids, rounds unchanged)
         self._registry = registry
         self._sessions = sessions
         self._latents = latents
@@ -514,7 +522,7 @@ class Worker:
             latent = self._resolve_latent(c["latent"], rec.model, job.identity)
             _check_pairs(c["handles"], c["targets"], res)
             mask = _mask_array(c["mask"], res, "content.mask")
-            params = DragParams(**{**c["params"], "compile": self._compile})
+            params = DragParams(**{**c["params"], "compile": self._compile, "modconv": self._modconv})
             rec.engine = DragSession(
                 G, latent_array(latent), np.array(c["handles"]), np.array(c["targets"]), mask, params
             )
@@ -618,18 +626,26 @@ class Worker:
             rec = self._running(str(sid))
             if rec is not None:
                 groups.setdefault(batch_key(rec.engine), []).append(rec)
+        for key in [k for k in self._batch_members if k not in groups]:
+            del self._batch_members[key]
         for key in [k for k in self._batchers if k not in groups or len(groups[k]) < 2]:
             del self._batchers[key]  # its group is gone: free its CUDA graph
-            self._batch_members.pop(key, None)
         for key, recs in groups.items():
-            if len(recs) == 1:
-                self._step(recs[0].id)
-                continue
-            stepper = self._batchers.setdefault(key, BatchStepper())
             members = tuple(rec.id for rec in recs)
-            if self._batch_members.get(key) != members:
-                self._batch_members[key] = members
+            if self._batch_members.get(key, ((), 0))[0] != members:
+                self._batch_members[key] = (members, 0)
+                if len(recs) > 1:
+                    log.debug("%d drags can share a batch: %s", len(recs), ", ".join(members))
+            members, stable = self._batch_members[key]
+            self._batch_members[key] = (members, stable + 1)
+            graphed = recs[0].engine.params.compile != "none"
+            if len(recs) == 1 or (graphed and stable < STABLE_ROUNDS_BEFORE_GRAPHED_BATCH):
+                for rec in recs:
+                    self._step(rec.id)
+                continue
+            if stable == (STABLE_ROUNDS_BEFORE_GRAPHED_BATCH if graphed else 0):
                 log.debug("stepping %d drags as one batch: %s", len(recs), ", ".join(members))
+            stepper = self._batchers.setdefault(key, BatchStepper())
             try:
                 results = stepper.step([rec.engine for rec in recs])
             except Exception as e:  # find the culprit: step them one by one (each fails on its own)

@@ -55,7 +55,8 @@ class BatchStepper:
     """Steps a group of sessions (equal `batch_key`) together; holds the group's CUDA graph.
 
     Only one graph is kept (the last group's): a daemon's running group changes as drags start
-    and end, and every graph holds its own memory pool.
+    and end, and every graph holds its own memory pool. The sessions keep their own graphs, so
+    stepping them alone again costs no capture.
     """
 
     def __init__(self) -> None:
@@ -98,8 +99,6 @@ class BatchStepper:
         group = tuple(s._graph_version for s in sessions)  # unique per session and state
         if self._graph is None or self._graph_of != group:
             self.drop_graph()  # free the old pool before capturing the new one
-            for s in sessions:
-                s._graph = None  # the group's graph replaces their own (and its memory)
             self._graph = GraphedCompute(lambda: batched_outputs(sessions), sessions[0].device)
             self._graph_of = group
         return self._graph()

@@ -7,7 +7,8 @@ side stream that only waits for the latent it shows, copied into pinned host mem
 asynchronously, and read back by whoever calls `PendingImage.result()` (the daemon's encoder
 thread), so the compute thread goes straight on to the next step and the GPU overlaps both.
 With `graphed` the side stream replays a CUDA graph of the render per output size (one launch
-instead of hundreds).
+instead of hundreds), captured at a size's second frame: the first frame of a drag is the one the
+artist waits for, and capturing costs several renders' time.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ class StreamRenderer:
         self._graphed = graphed
         self._stream = torch.cuda.Stream(device)
         self._graphs: dict[int | None, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
+        self._uses: dict[int | None, int] = {}  # frames rendered per size: the first is never graphed
 
     def render(self, ws: torch.Tensor, size: int | None) -> PendingImage:
         """Queue the frame of ws [1, num_ws, w_dim]; ws must not be written afterwards (the
@@ -59,13 +61,14 @@ class StreamRenderer:
         stream.wait_stream(torch.cuda.current_stream(self._device))  # ws is complete
         with torch.cuda.stream(stream), torch.no_grad():
             ws.record_stream(stream)  # its memory is not reused before this stream has read it
-            if self._graphed:
+            if self._graphed and self._uses.get(size, 0) >= 1:
                 graph, static_ws, static_out = self._graph(ws, size)
                 static_ws.copy_(ws)
                 graph.replay()
                 out = static_out
             else:
                 out = pixels(self._G, ws, size, self._noise_mode)
+            self._uses[size] = self._uses.get(size, 0) + 1
             host = torch.empty(out.shape, dtype=torch.uint8, pin_memory=True)
             host.copy_(out, non_blocking=True)  # queued after the replay; the next replay is after it
             done = torch.cuda.Event()

@@ -94,7 +94,7 @@ def test_cli_quality_writes_table_and_json(tiny_model, tiny_detector, tmp_path, 
     rows = data["rows"]
     # The default variants: every one but cudagraph, which needs CUDA.
     defaults = ("plain", "nearest", "l2", "mask", "batched")
-    assert set(VARIANTS) - set(defaults) == {"cudagraph"}
+    assert set(VARIANTS) - set(defaults) == {"cudagraph", "split"}
     expected = [(p, v) for p in (1, 5, 10) for v in defaults]
     assert [(r["points"], r["variant"]) for r in rows] == expected
     assert len(data["records"]) == 2 * len(expected)
