@@ -631,7 +631,8 @@ class Worker:
         for key in [k for k in self._batchers if k not in groups or len(groups[k]) < 2]:
             del self._batchers[key]  # its group is gone: free its CUDA graph
         for key, recs in groups.items():
-            members = tuple(rec.id for rec in recs)
+            # a member's new handles or mask (a new graph version) also restarts the count
+            members = tuple(f"{rec.id}@{rec.engine.graph_version}" for rec in recs)
             if self._batch_members.get(key, ((), 0))[0] != members:
                 self._batch_members[key] = (members, 0)
                 if len(recs) > 1:

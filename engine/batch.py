@@ -96,7 +96,7 @@ class BatchStepper:
     def _outputs(self, sessions: list[DragSession]) -> Outputs:
         if sessions[0].params.compile == "none":
             return batched_outputs(sessions)
-        group = tuple(s._graph_version for s in sessions)  # unique per session and state
+        group = tuple(s.graph_version for s in sessions)  # unique per session and state
         if self._graph is None or self._graph_of != group:
             self.drop_graph()  # free the old pool before capturing the new one
             self._graph = GraphedCompute(lambda: batched_outputs(sessions), sessions[0].device)

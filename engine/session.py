@@ -149,6 +149,12 @@ class DragSession:
         return self._targets_np.copy()
 
     @property
+    def graph_version(self) -> int:
+        """Changes whenever a captured CUDA graph of this session's step would be stale (unique
+        across sessions): schedulers use it to tell a stable group of drags from a changing one."""
+        return self._graph_version
+
+    @property
     def feature_name(self) -> str:
         """Synthesis block whose output is F (e.g. "b128")."""
         return self._feature_name

@@ -165,3 +165,22 @@ def test_sessions_with_different_forwards_cannot_share_a_batch(small_generator):
 def test_unknown_modconv_is_rejected_by_name():
     with pytest.raises(DragInputError, match="modconv"):
         DragParams(modconv="grouped")
+
+
+def test_graph_version_changes_exactly_when_a_captured_graph_would_go_stale(small_generator):
+    a, b = _sessions(small_generator, DragParams(stop_distance=0.0))[:2]
+    assert a.graph_version != b.graph_version
+    v = a.graph_version
+    a.step()
+    a.set_targets([[130.0, 120.0], [150.0, 110.0]])  # written in place: a graph reads the new values
+    a.set_params(lr=1e-3)  # lr lives in Adam, outside the graph
+    assert a.graph_version == v
+    seen = {v}
+    for change in (
+        lambda: a.set_points([[90.0, 90.0]], [[100.0, 90.0]]),
+        lambda: a.set_mask(_allowed()),
+        lambda: a.set_params(r1=4.0),
+    ):
+        change()
+        assert a.graph_version not in seen and a.graph_version != b.graph_version
+        seen.add(a.graph_version)
