@@ -360,13 +360,15 @@ def measure_preview(
 
     import numpy as np
 
+    from engine import latent_from_seed
+
     out = PreviewTiming(config, variant, size, mode, every)
     res = int(G.img_resolution)
     handles, targets = make_points(res, FLOOR_HANDLES)
     render_size = None if size == res else size
     _free(device)
     try:
-        session = engine_session(G, latent_np(latent_from_seed_(G)), handles, targets, None, variant)
+        session = engine_session(G, latent_from_seed(G, SEED), handles, targets, None, variant)
         with ThreadPoolExecutor(max_workers=1) as reader:
             for i in range(warmup + steps):
                 if i == warmup:
@@ -390,12 +392,6 @@ def measure_preview(
         traceback.print_exc(file=sys.stderr)
     _free(device)
     return out
-
-
-def latent_from_seed_(G: Any) -> Any:
-    from engine import latent_from_seed
-
-    return latent_from_seed(G, SEED)
 
 
 def count_flops(step: Callable[[], Any]) -> float:

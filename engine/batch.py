@@ -22,33 +22,14 @@ import numpy as np
 import torch
 
 from .errors import DragInputError
-from .fast_step import GraphedCompute, autocast_context, features_with_fixed_tail
-from .session import DragSession, StepResult, latent_gradients
-
-Outputs = list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]
+from .fast_step import GraphedCompute
+from .session import DragSession, StepOutputs, StepResult, step_outputs
 
 
 def batch_key(session: DragSession) -> Hashable:
     """Sessions with equal keys can be stepped as one batch."""
     p = session.params
     return (id(session.G), session.feature_name, p.noise_mode, p.autocast, p.modconv, p.num_layers, p.compile)
-
-
-def batched_outputs(sessions: Sequence[DragSession]) -> Outputs:
-    """Every session's (ws, points, grad, packed), as its `_compute()` would give, from one batched
-    forward and one backward. Free of side effects and host syncs (a CUDA graph can hold it)."""
-    first = sessions[0]
-    p = first.params
-    head = torch.cat([s._variable.head() for s in sessions])
-    base = torch.cat([s._variable.base for s in sessions])
-    with autocast_context(first.device, p.autocast):
-        features = features_with_fixed_tail(
-            first.G, head, base, first.feature_name, p.noise_mode, fused_modconv=p.modconv == "fused"
-        )
-    parts = [s._track_and_loss(features[i : i + 1]) for i, s in enumerate(sessions)]
-    total = torch.stack([loss for _, _, loss, _ in parts]).sum()
-    grads = latent_gradients(total, [s._variable.param for s in sessions])
-    return [(ws, points, grad, packed) for (ws, points, _, packed), grad in zip(parts, grads, strict=True)]
 
 
 class BatchStepper:
@@ -60,7 +41,7 @@ class BatchStepper:
     """
 
     def __init__(self) -> None:
-        self._graph: GraphedCompute[Outputs] | None = None
+        self._graph: GraphedCompute[list[StepOutputs]] | None = None
         self._graph_of: tuple | None = None  # the sessions (and their graph versions) it was captured for
 
     def step(self, sessions: Sequence[DragSession]) -> list[StepResult]:
@@ -93,12 +74,12 @@ class BatchStepper:
         self._graph = None
         self._graph_of = None
 
-    def _outputs(self, sessions: list[DragSession]) -> Outputs:
+    def _outputs(self, sessions: list[DragSession]) -> list[StepOutputs]:
         if sessions[0].params.compile == "none":
-            return batched_outputs(sessions)
+            return step_outputs(sessions)
         group = tuple(s.graph_version for s in sessions)  # unique per session and state
         if self._graph is None or self._graph_of != group:
             self.drop_graph()  # free the old pool before capturing the new one
-            self._graph = GraphedCompute(lambda: batched_outputs(sessions), sessions[0].device)
+            self._graph = GraphedCompute(lambda: step_outputs(sessions), sessions[0].device)
             self._graph_of = group
         return self._graph()

@@ -56,6 +56,28 @@ def latent_gradients(loss: torch.Tensor, params: list[torch.Tensor]) -> list[tor
     return [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads, strict=True)]
 
 
+StepOutputs = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # ws, points, grad, packed
+
+
+def step_outputs(sessions: list[DragSession]) -> list[StepOutputs]:
+    """Each session's step compute from one forward of their stacked latents and one backward of
+    their summed losses (samples are independent, so each latent gets its own gradient). The
+    sessions must agree on the forward (engine.batch.batch_key). No side effects, no host syncs."""
+    first = sessions[0]
+    p = first.params
+    one = len(sessions) == 1  # a single session pays for no cat/stack
+    head = first._variable.head() if one else torch.cat([s._variable.head() for s in sessions])
+    base = first._variable.base if one else torch.cat([s._variable.base for s in sessions])
+    with autocast_context(first.device, p.autocast):
+        features = features_with_fixed_tail(
+            first.G, head, base, first.feature_name, p.noise_mode, fused_modconv=p.modconv == "fused"
+        )
+    parts = [s._track_and_loss(features[i : i + 1]) for i, s in enumerate(sessions)]
+    total = parts[0][2] if one else torch.stack([loss for _, _, loss, _ in parts]).sum()
+    grads = latent_gradients(total, [s._variable.param for s in sessions])
+    return [(ws, points, grad, packed) for (ws, points, _, packed), grad in zip(parts, grads, strict=True)]
+
+
 def _freeze_generator(G: torch.nn.Module) -> None:
     """Inference only: eval mode and requires_grad False on every parameter (in place, idempotent)."""
     if G.training:
@@ -311,25 +333,13 @@ class DragSession:
             self._graph = GraphedCompute(self._compute, self.device)
         return self._graph()
 
-    def _compute(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _compute(self) -> StepOutputs:
         """The step's device work, free of side effects and host syncs (so a CUDA graph can hold it).
 
         Returns (ws before the update, tracked points [N, 2], gradient w.r.t. the optimised latent,
         packed [points, distances, loss, done] for the one host transfer).
         """
-        p = self._params
-        with autocast_context(self.device, p.autocast):
-            features = features_with_fixed_tail(
-                self.G,
-                self._variable.head(),
-                self._variable.base,
-                self._feature_name,
-                p.noise_mode,
-                fused_modconv=p.modconv == "fused",
-            )
-        ws, points, loss, packed = self._track_and_loss(features)
-        (grad,) = latent_gradients(loss, [self._variable.param])
-        return ws, points, grad, packed
+        return step_outputs([self])[0]
 
     def _track_and_loss(
         self, features: torch.Tensor
