@@ -53,6 +53,7 @@ ENGINE_VARIANTS: dict[str, dict[str, str]] = {
     "eager-split": {"modconv": "split"},
     "cudagraph-split": {"compile": "cudagraph", "modconv": "split"},
     "cudagraph-cl": {"compile": "cudagraph"},  # activations in channels-last memory format
+    "cudagraph-split-cl": {"compile": "cudagraph", "modconv": "split"},
 }
 IMPLS = ("reference", *ENGINE_VARIANTS, "inductor")
 LR = 2e-3

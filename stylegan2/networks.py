@@ -12,6 +12,7 @@ larger blocks after it.
 from __future__ import annotations
 
 import math
+import weakref
 from typing import Any
 
 import numpy as np
@@ -19,9 +20,11 @@ import torch
 from torch import nn
 
 from .ops import (
+    FrozenModConvWeight,
     activation_gain,
     bias_act,
     conv2d_resample,
+    frozen_modconv_weight,
     modulated_conv2d,
     normalize_2nd_moment,
     setup_filter,
@@ -29,6 +32,44 @@ from .ops import (
 )
 
 NOISE_MODES = ("const", "random", "none")
+
+
+class FrozenConstants:
+    """Per-dtype cache of what a layer derives from its parameters alone, used while they are frozen.
+
+    A drag step runs the same layers hundreds of times with weights that never change; deriving
+    the demodulation sums, fp16 weight copies, bias casts and constant noise once removes most of
+    the step's small kernels. The cache is keyed by each source tensor's storage and version
+    counter, so moving, reloading or editing a weight in place invalidates it. Nothing is cached
+    while a weight requires grad (training) or while a CUDA graph is being captured (the tensors
+    would live in the graph's private memory pool).
+    """
+
+    def __init__(self) -> None:
+        self._entries: dict[Any, tuple[tuple, Any]] = {}
+
+    def get(self, sources: list[torch.Tensor], dtype: torch.dtype, make: Any) -> Any:
+        if any(t.requires_grad for t in sources):
+            return None
+        key = tuple((t.device, t.data_ptr(), t._version) for t in sources)
+        hit = self._entries.get(dtype)
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        value = make()
+        if not (sources[0].is_cuda and torch.cuda.is_current_stream_capturing()):
+            self._entries[dtype] = (key, value)
+        return value
+
+
+_FROZEN: weakref.WeakKeyDictionary[nn.Module, FrozenConstants] = weakref.WeakKeyDictionary()
+
+
+def frozen_constants(module: nn.Module) -> FrozenConstants:
+    """The module's cache, held outside it so that state dicts, pickles and exports never see it."""
+    cache = _FROZEN.get(module)
+    if cache is None:
+        cache = _FROZEN.setdefault(module, FrozenConstants())
+    return cache
 
 
 class FullyConnectedLayer(nn.Module):
@@ -131,6 +172,9 @@ class MappingNetwork(nn.Module):
         return x
 
 
+_LayerConstants = tuple[FrozenModConvWeight, torch.Tensor, torch.Tensor | None]  # weight, bias, noise
+
+
 class SynthesisLayer(nn.Module):
     def __init__(
         self,
@@ -165,6 +209,15 @@ class SynthesisLayer(nn.Module):
             self.noise_strength = nn.Parameter(torch.zeros([]))
         self.bias = nn.Parameter(torch.zeros([out_channels]))
 
+    def _frozen(self, dtype: torch.dtype) -> _LayerConstants | None:
+        noise_sources = [self.noise_const, self.noise_strength] if self.use_noise else []
+
+        def make() -> _LayerConstants:
+            noise = (self.noise_const * self.noise_strength).to(dtype) if self.use_noise else None
+            return frozen_modconv_weight(self.weight, dtype, True), self.bias.to(dtype), noise
+
+        return frozen_constants(self).get([self.weight, self.bias, *noise_sources], dtype, make)
+
     def forward(
         self,
         x: torch.Tensor,
@@ -174,6 +227,7 @@ class SynthesisLayer(nn.Module):
         gain: float = 1,
     ) -> torch.Tensor:
         styles = self.affine(w)
+        frozen = self._frozen(x.dtype)
         noise = None
         if self.use_noise and noise_mode == "random":
             noise = (
@@ -181,7 +235,7 @@ class SynthesisLayer(nn.Module):
                 * self.noise_strength
             )
         elif self.use_noise and noise_mode == "const":
-            noise = self.noise_const * self.noise_strength
+            noise = frozen[2] if frozen is not None else self.noise_const * self.noise_strength
         x = modulated_conv2d(
             x,
             self.weight,
@@ -192,10 +246,12 @@ class SynthesisLayer(nn.Module):
             resample_filter=self.resample_filter,
             flip_weight=(self.up == 1),
             fused_modconv=fused_modconv,
+            frozen=frozen[0] if frozen is not None else None,
         )
         act_gain = self.act_gain * gain
         act_clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
-        return bias_act(x, self.bias.to(x.dtype), act=self.activation, gain=act_gain, clamp=act_clamp)
+        bias = frozen[1] if frozen is not None else self.bias.to(x.dtype)
+        return bias_act(x, bias, act=self.activation, gain=act_gain, clamp=act_clamp)
 
 
 class ToRGBLayer(nn.Module):
@@ -220,8 +276,21 @@ class ToRGBLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, w: torch.Tensor, fused_modconv: bool = True) -> torch.Tensor:
         styles = self.affine(w) * self.weight_gain
-        x = modulated_conv2d(x, self.weight, styles, demodulate=False, fused_modconv=fused_modconv)
-        return bias_act(x, self.bias.to(x.dtype), clamp=self.conv_clamp)
+        frozen = frozen_constants(self).get(
+            [self.weight, self.bias],
+            x.dtype,
+            lambda: (frozen_modconv_weight(self.weight, x.dtype, False), self.bias.to(x.dtype)),
+        )
+        x = modulated_conv2d(
+            x,
+            self.weight,
+            styles,
+            demodulate=False,
+            fused_modconv=fused_modconv,
+            frozen=frozen[0] if frozen is not None else None,
+        )
+        bias = frozen[1] if frozen is not None else self.bias.to(x.dtype)
+        return bias_act(x, bias, clamp=self.conv_clamp)
 
 
 class Conv2dLayer(nn.Module):

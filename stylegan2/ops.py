@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -315,6 +316,35 @@ def conv2d_resample(
     return x
 
 
+@dataclass(frozen=True)
+class FrozenModConvWeight:
+    """What a modulated conv derives from its weight alone, computed once while the weight is frozen.
+
+    `weight`: float32, pre-normalised when the activations are fp16 (NVIDIA's overflow guard);
+    `weight_x`: the same in the activations' dtype (the split path's shared conv weight);
+    `sq`: [out, in] Σ over taps of weight², so the demodulation coefficients of any styles are
+    rsqrt(styles² @ sqᵀ): Σ_ik (w_oik s_i)² = Σ_i s_i² Σ_k w_oik². Without it every call forms
+    and reduces a [batch, out, in, kh, kw] tensor (a third of a drag step's kernels).
+    """
+
+    weight: torch.Tensor
+    weight_x: torch.Tensor
+    sq: torch.Tensor
+
+
+def frozen_modconv_weight(weight: torch.Tensor, dtype: torch.dtype, demodulate: bool) -> FrozenModConvWeight:
+    w = weight.detach().to(torch.float32)
+    if dtype == torch.float16 and demodulate:
+        w = _fp16_prenormalised(w)
+    return FrozenModConvWeight(w, w.to(dtype), w.square().sum(dim=[2, 3]))
+
+
+def _fp16_prenormalised(weight: torch.Tensor) -> torch.Tensor:
+    _, in_channels, kh, kw = weight.shape
+    peak = weight.norm(float("inf"), dim=[1, 2, 3], keepdim=True)
+    return weight * (1 / math.sqrt(in_channels * kh * kw) / peak)
+
+
 def modulated_conv2d(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -326,42 +356,52 @@ def modulated_conv2d(
     demodulate: bool = True,
     flip_weight: bool = True,
     fused_modconv: bool = True,
+    frozen: FrozenModConvWeight | None = None,
 ) -> torch.Tensor:
-    """StyleGAN2 weight (de)modulation. Fused = one grouped conv for the whole batch."""
+    """StyleGAN2 weight (de)modulation. Fused = one grouped conv for the whole batch.
+
+    `frozen` (from `frozen_modconv_weight(weight, x.dtype, demodulate)`) replaces the per-call
+    work on the weight; the result is the same function up to float rounding.
+    """
     batch = x.shape[0]
     _, in_channels, kh, kw = weight.shape
+    prenormalise = x.dtype == torch.float16 and demodulate
 
-    if x.dtype == torch.float16 and demodulate:
-        # Pre-normalise to avoid fp16 overflow (NVIDIA does the same).
-        weight = weight * (
-            1 / math.sqrt(in_channels * kh * kw) / weight.norm(float("inf"), dim=[1, 2, 3], keepdim=True)
-        )
-        styles = styles / styles.norm(float("inf"), dim=1, keepdim=True)
-
-    w = None
     dcoefs = None
-    if demodulate or fused_modconv:
-        w = weight.unsqueeze(0) * styles.reshape(batch, 1, -1, 1, 1)
-    if demodulate:
-        dcoefs = (w.square().sum(dim=[2, 3, 4]) + 1e-8).rsqrt()
-    if demodulate and fused_modconv:
-        w = w * dcoefs.reshape(batch, -1, 1, 1, 1)
+    if frozen is not None:
+        weight = frozen.weight
+        if prenormalise:
+            styles = styles / styles.norm(float("inf"), dim=1, keepdim=True)
+        if demodulate:
+            dcoefs = (styles.square() @ frozen.sq.t() + 1e-8).rsqrt()
+        conv_weight = frozen.weight_x
+    else:
+        if prenormalise:
+            weight = _fp16_prenormalised(weight)  # NVIDIA does the same
+            styles = styles / styles.norm(float("inf"), dim=1, keepdim=True)
+        if demodulate:
+            w = weight.unsqueeze(0) * styles.reshape(batch, 1, -1, 1, 1)
+            dcoefs = (w.square().sum(dim=[2, 3, 4]) + 1e-8).rsqrt()
+        conv_weight = weight.to(x.dtype)
 
     if not fused_modconv:
         x = x * styles.to(x.dtype).reshape(batch, -1, 1, 1)
         x = conv2d_resample(
-            x, weight.to(x.dtype), f=resample_filter, up=up, padding=padding, flip_weight=flip_weight
+            x, conv_weight, f=resample_filter, up=up, padding=padding, flip_weight=flip_weight
         )
-        if demodulate and noise is not None:
+        if dcoefs is not None and noise is not None:
             x = torch.addcmul(noise.to(x.dtype), x, dcoefs.to(x.dtype).reshape(batch, -1, 1, 1))
-        elif demodulate:
+        elif dcoefs is not None:
             x = x * dcoefs.to(x.dtype).reshape(batch, -1, 1, 1)
         elif noise is not None:
             x = x + noise.to(x.dtype)
         return x
 
+    scale = styles.reshape(batch, 1, -1, 1, 1)
+    if dcoefs is not None:
+        scale = scale * dcoefs.reshape(batch, -1, 1, 1, 1)
+    w = (weight.unsqueeze(0) * scale).reshape(-1, in_channels, kh, kw)
     x = x.reshape(1, -1, *x.shape[2:])
-    w = w.reshape(-1, in_channels, kh, kw)
     x = conv2d_resample(
         x, w.to(x.dtype), f=resample_filter, up=up, padding=padding, groups=batch, flip_weight=flip_weight
     )

@@ -165,3 +165,38 @@ def test_gradients_flow_to_ws_only_up_to_the_stop_block() -> None:
     grad = ws.grad[0].abs().sum(dim=1)
     # b4: ws 0; b8: ws 1-2; b16: ws 3-4; later ws (b32 and torgb) get no gradient.
     assert (grad[:5] > 0).all() and (grad[5:] == 0).all()
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "split"])
+@pytest.mark.parametrize("cfg", CONFIGS[:3], ids=lambda c: f"{c['img_resolution']}-{c['architecture']}")
+def test_frozen_constants_compute_the_same_function(cfg: dict, fused: bool) -> None:
+    """Frozen layers derive demodulation sums, weight/bias casts and const noise once; the image and
+    the gradient w.r.t. ws must be those of the per-call formulation (trainable weights)."""
+    trainable, frozen = make(cfg), make(cfg).requires_grad_(False)
+    ws = trainable.mapping(torch.randn(2, 64), None).detach()
+    out = {}
+    for name, G in (("trainable", trainable), ("frozen", frozen)):
+        w = ws.clone().requires_grad_(True)
+        img = G.synthesis(w, noise_mode="const", fused_modconv=fused)
+        (grad,) = torch.autograd.grad(img.square().mean(), [w])
+        out[name] = (img.detach(), grad)
+    torch.testing.assert_close(out["frozen"][0], out["trainable"][0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out["frozen"][1], out["trainable"][1], rtol=1e-4, atol=1e-7)
+
+
+def test_frozen_constants_follow_in_place_weight_edits() -> None:
+    """The cache is keyed by each tensor's version counter: editing, reloading or replacing a frozen
+    weight must never leave a stale demodulation sum, bias or noise behind."""
+    G = make(CONFIGS[0]).requires_grad_(False)
+    ws = G.mapping(torch.randn(1, 64), None)
+    G.synthesis(ws, noise_mode="const")  # fills the cache
+    layer = G.synthesis.b8.conv1
+    with torch.no_grad():
+        layer.weight.mul_(-1.5)
+        layer.bias.add_(0.3)
+        layer.noise_strength.fill_(0.7)
+    G.synthesis.b16.conv0.load_state_dict({**G.synthesis.b16.conv0.state_dict(), "bias": torch.ones(32)})
+    fresh = make(CONFIGS[0]).requires_grad_(False)
+    fresh.load_state_dict(G.state_dict())
+    assert torch.equal(G.synthesis(ws, noise_mode="const"), fresh.synthesis(ws, noise_mode="const"))
+    assert not any("frozen" in name for name in G.state_dict())
