@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU speed suite behind docs/benchmarks.md ("session 3"): one command, results under $1.
+# The GPU speed suite behind docs/benchmarks.md ("session 4"): one command, results under $1.
 #   bash benchmarks/run_speed_suite.sh OUT_DIR [WHEELS_DIR]
 # WHEELS_DIR: pyzmq/msgpack/platformdirs wheels for a machine without them (the device tool's).
 # Each part has its own time limit, so a slow part cannot take the others' results with it.
@@ -14,7 +14,7 @@ nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv > "$out/gp
 
 # 1. step time: reference vs engine variants, FLOP floor, batching, previews, trajectory checks
 timeout 330 python3 -m daemon.bench_speed --configs 512,1024,256 --handles 1,5,68 --masks off,on \
-    --impls reference,eager,cudagraph --extra-impls cudagraph-split,cudagraph-cl,cudagraph-bf16 \
+    --impls reference,eager,cudagraph --extra-impls cudagraph-split,cudagraph-split-cl,cudagraph-bf16 \
     --batch-sessions 4,8 --batch-variants cudagraph,cudagraph-split,eager \
     --preview-sizes 256,512 --preview-variants cudagraph,eager \
     --steps 30 --check-steps 30 --time-budget 270 --out "$out/speed" > "$out/speed.log" 2>&1
@@ -30,7 +30,12 @@ for batch in on off; do
     echo "daemon batch $batch: exit $?"
 done
 
-# 3. torch.compile (inductor, reduce-overhead) on the 512 px forward, last: its compile time is long
+# 3. where a step's GPU time goes (kernels per step, busy share, top kernels)
+timeout 120 python3 benchmarks/profile_drag_step.py --device cuda --config 512 --variants cudagraph-split,cudagraph,eager-split \
+    --steps 20 --out "$out/profile-512.md" > "$out/profile.log" 2>&1
+echo "profile: exit $?"
+
+# 4. torch.compile (inductor, reduce-overhead) on the 512 px forward, last: its compile time is long
 timeout 150 python3 -m daemon.bench_speed --configs 512 --handles 5 --masks off --impls cudagraph \
     --extra-impls "" --check-steps 0 --no-floor --inductor-config 512 --out "$out/inductor" \
     > "$out/inductor.log" 2>&1

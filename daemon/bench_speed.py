@@ -396,11 +396,15 @@ def measure_preview(
 
 
 def count_flops(step: Callable[[], Any]) -> float:
-    """FLOPs of one call (matmuls and convolutions, forward and backward) by FlopCounterMode."""
+    """FLOPs of one call (matmuls and convolutions, forward and backward) by FlopCounterMode. The
+    resampling filters count as the convolutions they are, not as the banded matrix products the
+    frozen generator runs them as (those multiply mostly zeros: work the floor should not include)."""
     from torch.utils.flop_counter import FlopCounterMode
 
+    from stylegan2.fir_matmul import convolution_form
+
     counter = FlopCounterMode(display=False)
-    with counter:
+    with counter, convolution_form():
         step()
     return float(counter.get_total_flops())
 
@@ -599,6 +603,7 @@ class Report:
     previews: list[PreviewTiming] = field(default_factory=list)
     e2e: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    models: list[str] = field(default_factory=list)  # per config: memory every session of it shares
 
     def reference_ms(self, t: Timing) -> float:
         for r in self.timings:
@@ -736,11 +741,33 @@ def check_table(report: Report) -> str:
     return "\n".join(rows)
 
 
+def _shared_memory_line(config: str, G: Any) -> str:
+    """Memory every session of a model shares: weights, and the constants its frozen layers derive
+    (measured after one eager step, which fills them)."""
+    import torch
+
+    from engine import latent_from_seed
+    from stylegan2.networks import frozen_constants_nbytes
+
+    device = next(G.parameters()).device
+    handles, targets = make_points(int(G.img_resolution), FLOOR_HANDLES)
+    engine_session(G, latent_from_seed(G, SEED), handles, targets, None, "eager").step()
+    weights = sum(t.numel() * t.element_size() for t in [*G.parameters(), *G.buffers()])
+    constants = frozen_constants_nbytes(G)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return (
+        f"model {config}: weights {weights / 2**20:.0f} MiB, "
+        f"frozen-layer constants {constants / 2**20:.0f} MiB (shared by its sessions)"
+    )
+
+
 def render_report(report: Report) -> str:
     rates = ", ".join(f"{k} {v:.3g} TFLOP/s" for k, v in report.rates.items())
     parts = [
         f"device: {report.device}; matmul rates: {rates}",
         f"command: {report.command}",
+        *report.models,
         "",
         "### Step time",
         timing_table(report),
@@ -903,6 +930,7 @@ def run_speed(args: argparse.Namespace) -> int:
         G = build_generator(config, device)
         latent = latent_from_seed(G, SEED)
         print(f"[{time.monotonic() - started:6.1f} s] {config}", file=sys.stderr, flush=True)
+        report.models.append(_shared_memory_line(config, G))
         if not args.no_floor:
             report.floors.append(measure_floor(G, latent, config, device, report.rates))
         for count in handle_counts:

@@ -64,6 +64,33 @@ class FrozenConstants:
 _FROZEN: weakref.WeakKeyDictionary[nn.Module, FrozenConstants] = weakref.WeakKeyDictionary()
 
 
+def frozen_constants_nbytes(model: nn.Module) -> int:
+    """Bytes held by the caches of `model`'s layers beyond its own parameters and buffers."""
+    own = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
+    seen: set[int] = set()
+    total = 0
+
+    def walk(value: Any) -> None:
+        nonlocal total
+        if isinstance(value, torch.Tensor):
+            ptr = value.untyped_storage().data_ptr()
+            if ptr not in own and ptr not in seen:
+                seen.add(ptr)
+                total += value.untyped_storage().nbytes()
+        elif isinstance(value, (tuple, list)):
+            for v in value:
+                walk(v)
+        elif isinstance(value, FrozenModConvWeight):
+            walk([value.weight, value.weight_x, value.sq])
+
+    for module in model.modules():
+        cache = _FROZEN.get(module)
+        if cache is not None:
+            for _, value in cache._entries.values():
+                walk(value)
+    return total
+
+
 def frozen_constants(module: nn.Module) -> FrozenConstants:
     """The module's cache, held outside it so that state dicts, pickles and exports never see it."""
     cache = _FROZEN.get(module)

@@ -27,7 +27,7 @@ from typing import Any, BinaryIO, ClassVar
 import numpy as np
 from torch import nn
 
-from . import networks, ops
+from . import fir_matmul, networks, ops
 from .networks import Generator
 
 PERSISTENCE_VERSION = 6
@@ -57,21 +57,23 @@ class Discriminator(nn.Module):
 
 
 def generator_module_source() -> str:
-    """Our ops + networks source as one self-contained module (no relative imports)."""
-    ops_src = Path(ops.__file__).read_text(encoding="utf-8")
-    net_src, n = re.subn(
-        r"^from \.ops import \([^)]*\)\n",
-        "",
-        Path(networks.__file__).read_text(encoding="utf-8"),
-        flags=re.MULTILINE,
-    )
-    if n != 1:
-        raise RuntimeError("cannot make networks.py self-contained: its `from .ops import (...)` changed")
+    """Our fir_matmul + ops + networks source as one self-contained module (no relative imports)."""
+    sources = []
+    for module, imports in ((fir_matmul, 0), (ops, 1), (networks, 1)):
+        src, n = re.subn(
+            r"^from \.\w+ import (\([^)]*\)|[^\n]*)\n",
+            "",
+            Path(module.__file__).read_text(encoding="utf-8"),
+            flags=re.MULTILINE,
+        )
+        if n != imports:
+            raise RuntimeError(f"cannot make {module.__name__} self-contained: its relative imports changed")
+        sources.append(src)
     future = "from __future__ import annotations\n"
-    body = "\n\n".join(src.replace(future, "") for src in (ops_src, net_src))
+    body = "\n\n".join(src.replace(future, "") for src in sources)
     return (
         future
-        + "# krita-draggan StyleGAN2 generator (stylegan2/ops.py + stylegan2/networks.py)\n"
+        + "# krita-draggan StyleGAN2 generator (stylegan2/fir_matmul.py + ops.py + networks.py)\n"
         + body
         + _PLACEHOLDER_D_SRC
     )

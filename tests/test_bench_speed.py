@@ -5,6 +5,7 @@ interpolation differences: a strong check of both)."""
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -54,6 +55,7 @@ def test_harness_runs_both_implementations_and_prints_the_table(tmp_path, capsys
     report = json.loads((tmp_path / "speed.json").read_text())
     assert {t["impl"] for t in report["timings"]} == {"reference", "eager", "eager-bf16"}
     assert (tmp_path / "speed.md").read_text().startswith("device: cpu")
+    assert re.search(r"model tiny: weights \d+ MiB, frozen-layer constants \d+ MiB", out)
 
 
 def test_batch_and_preview_rows(capsys):

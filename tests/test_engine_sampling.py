@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from engine import tracking
 from engine.losses import fixed_region_weight, mask_loss, motion_loss
 from engine.sampling import disc_offsets, sample_features, window_offsets
 from engine.tracking import track_points
@@ -115,7 +116,12 @@ def reference_track(ref: torch.Tensor, point: tuple[int, int], template: torch.T
 
 
 @pytest.mark.parametrize("metric", ["l1", "l2"])
-def test_tracking_matches_the_reference_loop_including_clipped_borders(metric: str) -> None:
+@pytest.mark.parametrize("handles_per_chunk", [None, 2], ids=["one-chunk", "chunks-of-2"])
+def test_tracking_matches_the_reference_loop_including_clipped_borders(
+    metric: str, handles_per_chunk: int | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if handles_per_chunk is not None:  # many handles are tracked a chunk at a time: same answer
+        monkeypatch.setattr(tracking, "CHUNK_VALUES", handles_per_chunk * 8 * 11 * 11)
     torch.manual_seed(3)
     size, r = 64, 5
     feats = torch.randn(1, 8, 16, 16)
