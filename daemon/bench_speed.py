@@ -351,6 +351,7 @@ class PreviewTiming:
     every: int
     ms_per_step: float = math.nan
     max_abs_diff: float = math.nan  # async frame vs render(), uint8 levels
+    peak_mib: float = math.nan  # CUDA: model + session + preview graph and buffers
     error: str = ""
 
 
@@ -385,6 +386,10 @@ def measure_preview(
                         reader.submit(lambda p=pending: p.result().sum())
         _sync(device)
         out.ms_per_step = (time.perf_counter() - t0) * 1000 / steps
+        if device.type == "cuda":
+            import torch
+
+            out.peak_mib = torch.cuda.max_memory_allocated(device) / 2**20
         if mode == "async":
             a = session.render_async(render_size).result().astype(np.int16)
             out.max_abs_diff = float(np.abs(a - session.render(render_size).astype(np.int16)).max())
@@ -700,14 +705,16 @@ def batch_table(report: Report) -> str:
 def preview_table(report: Report) -> str:
     rows = [
         "| model | variant | preview size | every | ms/step: no previews | render() | render_async() "
-        "| async frame vs render(), max abs diff |",
-        "|---|---|---|---|---|---|---|---|",
+        "| async frame vs render(), max abs diff | peak MiB: no previews, render(), render_async() |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for key, group in _groups(report.previews, "config", "variant", "size", "every").items():
         by_mode = {x.mode: x for x in group}
-        cells = [_cell(by_mode.get(mode), "ms_per_step") for mode in ("none", "sync", "async")]
+        modes = ("none", "sync", "async")
+        cells = [_cell(by_mode.get(mode), "ms_per_step") for mode in modes]
         diff = by_mode["async"].max_abs_diff if "async" in by_mode else math.nan
-        rows.append("| " + " | ".join([*map(str, key), *cells, _num(diff, ".0f")]) + " |")
+        peaks = ", ".join(_num(by_mode[m].peak_mib, ".0f") if m in by_mode else "–" for m in modes)
+        rows.append("| " + " | ".join([*map(str, key), *cells, _num(diff, ".0f"), peaks]) + " |")
     return "\n".join(rows)
 
 

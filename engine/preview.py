@@ -19,6 +19,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .fast_step import reused_stream
+
 
 def pixels(G: Any, ws: torch.Tensor, size: int | None, noise_mode: str) -> torch.Tensor:
     """[H, W, 3] uint8 image of ws [1, num_ws, w_dim] on the device (the reference rounding)."""
@@ -50,19 +52,18 @@ class StreamRenderer:
         self._device = device
         self._noise_mode = noise_mode
         self._graphed = graphed
-        self._stream = torch.cuda.Stream(device)
         self._graphs: dict[int | None, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
         self._uses: dict[int | None, int] = {}  # frames rendered per size: the first is never graphed
 
     def render(self, ws: torch.Tensor, size: int | None) -> PendingImage:
         """Queue the frame of ws [1, num_ws, w_dim]; ws must not be written afterwards (the
         session's shown latent is a fresh tensor per step)."""
-        stream = self._stream
+        stream = reused_stream(self._device, "preview")  # never a new stream per session (see there)
         stream.wait_stream(torch.cuda.current_stream(self._device))  # ws is complete
         with torch.cuda.stream(stream), torch.no_grad():
             ws.record_stream(stream)  # its memory is not reused before this stream has read it
             if self._graphed and self._uses.get(size, 0) >= 1:
-                graph, static_ws, static_out = self._graph(ws, size)
+                graph, static_ws, static_out = self._graph(ws, size, stream)
                 static_ws.copy_(ws)
                 graph.replay()
                 out = static_out
@@ -76,7 +77,7 @@ class StreamRenderer:
         return PendingImage(host, done)
 
     def _graph(
-        self, ws: torch.Tensor, size: int | None
+        self, ws: torch.Tensor, size: int | None, stream: torch.cuda.Stream
     ) -> tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]:
         """Captured on first use of a size (called on the side stream, inside no_grad)."""
         if size not in self._graphs:
@@ -84,7 +85,7 @@ class StreamRenderer:
             for _ in range(2):  # warm-up: lazy cuDNN/cuBLAS init must not happen during capture
                 pixels(self._G, static_ws, size, self._noise_mode)
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, stream=self._stream, capture_error_mode="thread_local"):
+            with torch.cuda.graph(graph, stream=stream, capture_error_mode="thread_local"):
                 static_out = pixels(self._G, static_ws, size, self._noise_mode)
             self._graphs[size] = (graph, static_ws, static_out)
         return self._graphs[size]
