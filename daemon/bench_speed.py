@@ -54,6 +54,7 @@ ENGINE_VARIANTS: dict[str, dict[str, str]] = {
     "cudagraph-split": {"compile": "cudagraph", "modconv": "split"},
     "cudagraph-cl": {"compile": "cudagraph"},  # activations in channels-last memory format
     "cudagraph-split-cl": {"compile": "cudagraph", "modconv": "split"},
+    "cudagraph-split-cudnnbench": {"compile": "cudagraph", "modconv": "split"},
 }
 IMPLS = ("reference", *ENGINE_VARIANTS, "inductor")
 LR = 2e-3

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -328,7 +327,6 @@ def conv2d_resample(
     return x
 
 
-@dataclass(frozen=True)
 class FrozenModConvWeight:
     """What a modulated conv derives from its weight alone, computed once while the weight is frozen.
 
@@ -337,11 +335,22 @@ class FrozenModConvWeight:
     `sq`: [out, in] Σ over taps of weight², so the demodulation coefficients of any styles are
     rsqrt(styles² @ sqᵀ): Σ_ik (w_oik s_i)² = Σ_i s_i² Σ_k w_oik². Without it every call forms
     and reduces a [batch, out, in, kh, kw] tensor (a third of a drag step's kernels).
+    `scaled(g)` multiplies the demodulated output by g > 0 at no cost: rsqrt((a + ε) / g²) = g·rsqrt(a + ε).
+    (A plain class, not a dataclass: this source is also exec'd outside any package, in exports.)
     """
 
-    weight: torch.Tensor
-    weight_x: torch.Tensor
-    sq: torch.Tensor
+    __slots__ = ("eps", "sq", "weight", "weight_x")
+
+    def __init__(
+        self, weight: torch.Tensor, weight_x: torch.Tensor, sq: torch.Tensor, eps: float = 1e-8
+    ) -> None:
+        self.weight = weight
+        self.weight_x = weight_x
+        self.sq = sq
+        self.eps = eps
+
+    def scaled(self, gain: float) -> FrozenModConvWeight:
+        return FrozenModConvWeight(self.weight, self.weight_x, self.sq / gain**2, self.eps / gain**2)
 
 
 def frozen_modconv_weight(weight: torch.Tensor, dtype: torch.dtype, demodulate: bool) -> FrozenModConvWeight:
@@ -385,7 +394,7 @@ def modulated_conv2d(
         if prenormalise:
             styles = styles / styles.norm(float("inf"), dim=1, keepdim=True)
         if demodulate:
-            dcoefs = (styles.square() @ frozen.sq.t() + 1e-8).rsqrt()
+            dcoefs = (styles.square() @ frozen.sq.t() + frozen.eps).rsqrt()
         conv_weight = frozen.weight_x
     else:
         if prenormalise:
