@@ -285,32 +285,22 @@ class SynthesisLayer(nn.Module):
         act_gain = self.act_gain * gain
         act_clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
         folded = self._folded(x.dtype, noise_mode, act_gain)
-        if folded is not None:
-            modconv, offset, bias = folded
-            x = modulated_conv2d(
-                x,
-                self.weight,
-                styles,
-                noise=offset,
-                up=self.up,
-                padding=self.padding,
-                resample_filter=self.resample_filter,
-                flip_weight=(self.up == 1),
-                fused_modconv=fused_modconv,
-                frozen=modconv,
-            )
-            if bias is not None:
-                x = x + bias
-            return bias_act(x, None, act=self.activation, gain=1, clamp=act_clamp)
-        frozen = self._frozen(x.dtype)
-        noise = None
-        if self.use_noise and noise_mode == "random":
-            noise = (
-                torch.randn([x.shape[0], 1, self.resolution, self.resolution], device=x.device)
-                * self.noise_strength
-            )
-        elif self.use_noise and noise_mode == "const":
-            noise = frozen[2] if frozen is not None else self.noise_const * self.noise_strength
+        if folded is not None:  # the gain is in the demodulation, noise and bias in the offset
+            modconv, noise, bias = folded
+            gain_after = 1.0
+        else:
+            frozen = self._frozen(x.dtype)
+            modconv = frozen[0] if frozen is not None else None
+            bias = frozen[1] if frozen is not None else self.bias.to(x.dtype)
+            gain_after = act_gain
+            noise = None
+            if self.use_noise and noise_mode == "random":
+                noise = (
+                    torch.randn([x.shape[0], 1, self.resolution, self.resolution], device=x.device)
+                    * self.noise_strength
+                )
+            elif self.use_noise and noise_mode == "const":
+                noise = frozen[2] if frozen is not None else self.noise_const * self.noise_strength
         x = modulated_conv2d(
             x,
             self.weight,
@@ -321,10 +311,9 @@ class SynthesisLayer(nn.Module):
             resample_filter=self.resample_filter,
             flip_weight=(self.up == 1),
             fused_modconv=fused_modconv,
-            frozen=frozen[0] if frozen is not None else None,
+            frozen=modconv,
         )
-        bias = frozen[1] if frozen is not None else self.bias.to(x.dtype)
-        return bias_act(x, bias, act=self.activation, gain=act_gain, clamp=act_clamp)
+        return bias_act(x, bias, act=self.activation, gain=gain_after, clamp=act_clamp)
 
 
 class ToRGBLayer(nn.Module):
