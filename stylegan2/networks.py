@@ -201,7 +201,7 @@ class MappingNetwork(nn.Module):
         return x
 
 
-_LayerConstants = tuple[FrozenModConvWeight, torch.Tensor, torch.Tensor | None]  # weight, bias, noise
+_LayerConstants = tuple[FrozenModConvWeight, torch.Tensor]  # weight, bias
 _FoldedConstants = tuple[FrozenModConvWeight, torch.Tensor, torch.Tensor | None]  # weight·gain, offset, bias
 _POSITIVELY_HOMOGENEOUS = ("linear", "relu", "lrelu")  # act(g·x) = g·act(x) for g > 0
 _MAX_FOLDED_OFFSET = 2**22  # values of a [C, H, W] noise + bias offset worth caching (8 MiB in fp16)
@@ -242,13 +242,12 @@ class SynthesisLayer(nn.Module):
         self.bias = nn.Parameter(torch.zeros([out_channels]))
 
     def _frozen(self, dtype: torch.dtype) -> _LayerConstants | None:
-        noise_sources = [self.noise_const, self.noise_strength] if self.use_noise else []
+        """The weight's constants and the bias cast, where `_folded` does not apply (random noise)."""
 
         def make() -> _LayerConstants:
-            noise = (self.noise_const * self.noise_strength).to(dtype) if self.use_noise else None
-            return frozen_modconv_weight(self.weight, dtype, True), self.bias.to(dtype), noise
+            return frozen_modconv_weight(self.weight, dtype, True), self.bias.to(dtype)
 
-        return frozen_constants(self).get([self.weight, self.bias, *noise_sources], dtype, make)
+        return frozen_constants(self).get([self.weight, self.bias], dtype, make)
 
     def _folded(self, dtype: torch.dtype, noise_mode: str, act_gain: float) -> _FoldedConstants | None:
         """Frozen constants with the activation gain folded into the demodulation and the constant
@@ -300,7 +299,7 @@ class SynthesisLayer(nn.Module):
                     * self.noise_strength
                 )
             elif self.use_noise and noise_mode == "const":
-                noise = frozen[2] if frozen is not None else self.noise_const * self.noise_strength
+                noise = self.noise_const * self.noise_strength
         x = modulated_conv2d(
             x,
             self.weight,
